@@ -1,0 +1,232 @@
+"""Save / resume everything a run needs, atomically, with megatron.core.dist_checkpointing.
+
+Layout of `--save DIR`:
+  DIR/iter_0000010/            one complete checkpoint (renamed into place only once fully written)
+  DIR/iter_0000020.tmp-*/      an interrupted save: ignored, cleaned up by the next save
+  DIR/latest_checkpointed_iteration.txt   updated last, via an atomic rename
+A kill -9 at any point leaves the previous checkpoint and the marker intact.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+MARKER = "latest_checkpointed_iteration.txt"
+META = "redi_meta.json"
+
+
+def _iter_dir(root: Path, it: int) -> Path:
+    return root / f"iter_{it:07d}"
+
+
+def complete_checkpoints(root: str | Path) -> list[int]:
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    out = []
+    for p in root.iterdir():
+        if p.is_dir() and p.name.startswith("iter_") and "." not in p.name and (p / META).is_file():
+            out.append(int(p.name[5:]))
+    return sorted(out)
+
+
+def latest_iteration(root: str | Path) -> int | None:
+    """The marker's iteration if that checkpoint is complete, else the newest complete one."""
+    root = Path(root)
+    done = complete_checkpoints(root)
+    marker = root / MARKER
+    if marker.is_file():
+        try:
+            it = int(marker.read_text().strip())
+            if it in done:
+                return it
+        except ValueError:
+            pass
+    return done[-1] if done else None
+
+
+def has_checkpoint(root: str | Path) -> bool:
+    return latest_iteration(root) is not None
+
+
+def _rng_state() -> dict:
+    st = {"random": random.getstate(), "np": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        st["cuda"] = torch.cuda.get_rng_state()
+        from megatron.core import tensor_parallel
+
+        st["tracker"] = tensor_parallel.get_cuda_rng_tracker().get_states()
+    return st
+
+
+def _set_rng_state(st: dict) -> None:
+    random.setstate(st["random"])
+    np.random.set_state(st["np"])
+    torch.set_rng_state(st["torch"])
+    if torch.cuda.is_available() and "cuda" in st:
+        torch.cuda.set_rng_state(st["cuda"])
+        from megatron.core import tensor_parallel
+
+        tensor_parallel.get_cuda_rng_tracker().set_states(st["tracker"])
+
+
+def _layout(cfg) -> dict:
+    from megatron.core import parallel_state as ps
+
+    return {"tp": ps.get_tensor_model_parallel_world_size(), "pp": ps.get_pipeline_model_parallel_world_size(),
+            "cp": ps.get_context_parallel_world_size(), "dp": ps.get_data_parallel_world_size(),
+            "distributed_optimizer": bool(cfg.use_distributed_optimizer)}
+
+
+def _opt_metadata(cfg) -> dict | None:
+    # fully_reshardable lets a checkpoint move between DP sizes; see _fix_adam_steps for the two
+    # megatron-core 0.16 bugs on this path.
+    return {"distrib_optim_sharding_type": "fully_reshardable"} if cfg.use_distributed_optimizer else None
+
+
+def _inner_torch_optimizers(optimizer) -> list:
+    opts = getattr(optimizer, "chained_optimizers", None) or [optimizer]
+    return [o.optimizer for o in opts if getattr(o, "optimizer", None) is not None]
+
+
+def _prime_adam_state(optimizer) -> None:
+    """megatron 0.16 bug 1: loading a fully_reshardable state into a fresh (never stepped) torch AdamW
+    raises KeyError 'step' because its init_state_fn creates exp_avg/exp_avg_sq but no step."""
+    for opt in _inner_torch_optimizers(optimizer):
+        for group in opt.param_groups:
+            for p in group["params"]:
+                st = opt.state[p]
+                if "exp_avg" not in st:
+                    st["exp_avg"] = torch.zeros_like(p.data)
+                    st["exp_avg_sq"] = torch.zeros_like(p.data)
+                if "step" not in st:
+                    st["step"] = torch.tensor(0.0)
+
+
+def _fix_adam_steps(optimizer, steps: int) -> None:
+    """megatron 0.16 bug 2: load_state_dict gives every parameter ONE shared `step` tensor, which
+    torch AdamW then increments once per parameter, silently corrupting bias correction. Give each
+    parameter its own step tensor holding the true number of optimizer steps taken."""
+    for opt in _inner_torch_optimizers(optimizer):
+        for group in opt.param_groups:
+            for p in group["params"]:
+                st = opt.state.get(p)
+                if st is not None and "step" in st:
+                    st["step"] = torch.tensor(float(steps), dtype=torch.float32)
+
+
+def _sharded_state(model, optimizer, cfg, is_loading: bool) -> dict:
+    model_sd = model.sharded_state_dict()
+    sd = {"model": model_sd}
+    if optimizer is not None:
+        if is_loading:
+            _prime_adam_state(optimizer)
+        sd["optimizer"] = optimizer.sharded_state_dict(model_sd, is_loading=is_loading,
+                                                       metadata=_opt_metadata(cfg))
+    return sd
+
+
+def save_training_checkpoint(root: str | Path, model, optimizer, scheduler, state, cfg) -> Path:
+    from megatron.core import dist_checkpointing
+    from megatron.core import parallel_state as ps
+    from megatron.core.dist_checkpointing.mapping import ShardedObject
+
+    root = Path(root)
+    final = _iter_dir(root, state.iteration)
+    rank = dist.get_rank()
+    tmp_name = None
+    if rank == 0:
+        root.mkdir(parents=True, exist_ok=True)
+        for p in root.glob("iter_*.tmp-*"):
+            shutil.rmtree(p, ignore_errors=True)  # leftovers of interrupted saves
+        tmp_name = f"{final.name}.tmp-{os.getpid()}"
+        (root / tmp_name).mkdir()
+    names = [tmp_name]
+    dist.broadcast_object_list(names, src=0)
+    tmp = root / names[0]
+
+    sd = _sharded_state(model, optimizer, cfg, is_loading=False)
+    # per-rank RNG states, restored only when the layout is unchanged
+    sd["rng_state"] = ShardedObject(
+        "rng_state", _rng_state(),
+        (ps.get_pipeline_model_parallel_world_size(), ps.get_tensor_model_parallel_world_size(),
+         ps.get_context_parallel_world_size(), ps.get_data_parallel_world_size()),
+        (ps.get_pipeline_model_parallel_rank(), ps.get_tensor_model_parallel_rank(),
+         ps.get_context_parallel_rank(), ps.get_data_parallel_rank()),
+        replica_id=0,
+    )
+    dist_checkpointing.save(sd, str(tmp))
+    dist.barrier()
+    if rank == 0:
+        meta = {"iteration": state.iteration, "consumed_samples": state.consumed_samples,
+                "optimizer_steps": getattr(state, "optimizer_steps", state.iteration),
+                "scheduler": scheduler.state_dict(), "layout": _layout(cfg),
+                "loss_type": cfg.objective.loss_type, "seed": cfg.seed}
+        (tmp / META).write_text(json.dumps(meta, indent=1))
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        marker_tmp = root / (MARKER + ".tmp")
+        marker_tmp.write_text(str(state.iteration))
+        os.replace(marker_tmp, root / MARKER)
+        if cfg.keep_last:
+            for it in complete_checkpoints(root)[: -cfg.keep_last]:
+                shutil.rmtree(_iter_dir(root, it), ignore_errors=True)
+    dist.barrier()
+    return final
+
+
+def load_training_checkpoint(root: str | Path, model, optimizer, scheduler, cfg):
+    """Resume model, optimizer, scheduler, counters and (same layout only) RNG states."""
+    from megatron.core import dist_checkpointing
+    from megatron.core import parallel_state as ps
+    from megatron.core.dist_checkpointing.mapping import ShardedObject
+
+    from megatron_redi.training.loop import TrainState
+
+    it = latest_iteration(root)
+    path = _iter_dir(Path(root), it)
+    meta = json.loads((path / META).read_text())
+    same_layout = meta["layout"] == _layout(cfg)
+    sd = _sharded_state(model, optimizer, cfg, is_loading=True)
+    if same_layout:
+        sd["rng_state"] = ShardedObject(
+            "rng_state", None,
+            (ps.get_pipeline_model_parallel_world_size(), ps.get_tensor_model_parallel_world_size(),
+             ps.get_context_parallel_world_size(), ps.get_data_parallel_world_size()),
+            (ps.get_pipeline_model_parallel_rank(), ps.get_tensor_model_parallel_rank(),
+             ps.get_context_parallel_rank(), ps.get_data_parallel_rank()),
+            replica_id=0,
+        )
+    loaded = dist_checkpointing.load(sd, str(path))
+    model.load_state_dict(loaded["model"])
+    optimizer.load_state_dict(loaded["optimizer"])
+    _fix_adam_steps(optimizer, meta["optimizer_steps"])
+    scheduler.load_state_dict(meta["scheduler"])
+    if same_layout and loaded.get("rng_state") is not None:
+        _set_rng_state(loaded["rng_state"])
+    return TrainState(iteration=meta["iteration"], consumed_samples=meta["consumed_samples"])
+
+
+def load_pretrained(path: str | Path, model, shape, cfg) -> None:
+    """Weights only (fresh optimizer and counters) from a converted HF checkpoint or a training one."""
+    from megatron.core import dist_checkpointing
+
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"--pretrained-checkpoint: {p} does not exist")
+    it = latest_iteration(p)
+    ckpt_dir = _iter_dir(p, it) if it is not None else p
+    if not (ckpt_dir / "metadata.json").is_file():
+        raise FileNotFoundError(f"--pretrained-checkpoint: {ckpt_dir} is not a megatron dist checkpoint "
+                                f"(convert HF weights with tools/convert_checkpoint.py hf-to-mcore)")
+    loaded = dist_checkpointing.load({"model": model.sharded_state_dict()}, str(ckpt_dir))
+    model.load_state_dict(loaded["model"])

@@ -1,0 +1,1 @@
+"""Data: schemas, chat templates, tokenisation, packing into micro-batches, sampling."""

@@ -1,0 +1,108 @@
+"""Packed micro-batches: the one batch format every loss, layout and data source uses.
+
+All documents of a micro-batch are concatenated into one row (padding-free). Per token:
+tokens, labels (next token), loss_mask (label is a completion token), position_ids (reset per
+document) and segment_ids (document index; attention never crosses segments; -1 = padding).
+Per document: its pair index, whether it is the chosen trace, its completion length and, for DPO,
+the frozen reference log-prob. Both traces of a pair are always in the same micro-batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import torch
+
+
+@dataclass
+class Example:
+    """One training unit: an SFT document, or a (chosen, rejected) pair sharing a prompt."""
+
+    prompt: list[int]
+    completions: list[list[int]]  # [completion] for SFT, [chosen, rejected] for pairs
+    ref_logps: tuple[float, float] | None = None
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(len(self.prompt) + len(c) for c in self.completions)
+
+
+@dataclass
+class MicroBatch:
+    tokens: torch.Tensor  # [b, s] long
+    labels: torch.Tensor  # [b, s] long
+    loss_mask: torch.Tensor  # [b, s] float
+    position_ids: torch.Tensor  # [b, s] long
+    segment_ids: torch.Tensor  # [b, s] long
+    doc_pair: torch.Tensor  # [D] long: unit index within the micro-batch
+    doc_is_chosen: torch.Tensor  # [D] bool (True for SFT documents)
+    doc_lengths: torch.Tensor  # [D] float: completion tokens per document (full, before CP split)
+    ref_logps: torch.Tensor | None = None  # [D] float (DPO)
+    num_units: int = 0  # pairs (or SFT documents) in this micro-batch
+    num_real_tokens: int = 0
+
+    def to(self, device) -> MicroBatch:
+        kw = {}
+        for f in fields(self):
+            v = getattr(self, f.name)
+            kw[f.name] = v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v
+        return MicroBatch(**kw)
+
+    def slice_for_cp(self, cp_rank: int, cp_size: int) -> MicroBatch:
+        """Megatron's load-balanced split: rank r keeps sequence chunks r and 2*cp-1-r."""
+        if cp_size == 1:
+            return self
+        s = self.tokens.shape[1]
+        assert s % (2 * cp_size) == 0, f"sequence {s} not padded to a multiple of 2 x CP"
+        c = s // (2 * cp_size)
+        idx = torch.cat([torch.arange(cp_rank * c, (cp_rank + 1) * c),
+                         torch.arange((2 * cp_size - 1 - cp_rank) * c, (2 * cp_size - cp_rank) * c)])
+        kw = {f.name: getattr(self, f.name) for f in fields(self)}
+        for k in ("tokens", "labels", "loss_mask", "position_ids", "segment_ids"):
+            kw[k] = kw[k][:, idx.to(kw[k].device)]
+        return MicroBatch(**kw)
+
+
+def pack(examples: list[Example], pad_to_multiple: int = 1, pad_id: int = 0) -> MicroBatch:
+    """Concatenate every document of `examples` into one row (prompt repeated per trace)."""
+    toks, labels, mask, pos, seg = [], [], [], [], []
+    doc_pair, doc_chosen, doc_len, refs = [], [], [], []
+    d = 0
+    for u, ex in enumerate(examples):
+        for j, comp in enumerate(ex.completions):
+            ids = ex.prompt + comp
+            n = len(ids)
+            toks += ids
+            labels += ids[1:] + [pad_id]
+            # label at position i is ids[i+1]; it is a completion token iff i+1 >= len(prompt)
+            mask += [0.0] * (len(ex.prompt) - 1) + [1.0] * len(comp) + [0.0]
+            pos += list(range(n))
+            seg += [d] * n
+            doc_pair.append(u)
+            doc_chosen.append(j == 0)
+            doc_len.append(float(len(comp)))
+            if ex.ref_logps is not None:
+                refs.append(ex.ref_logps[j])
+            d += 1
+    real = len(toks)
+    padded = -(-real // pad_to_multiple) * pad_to_multiple
+    pad = padded - real
+    if pad:
+        toks += [pad_id] * pad
+        labels += [pad_id] * pad
+        mask += [0.0] * pad
+        pos += list(range(pad))
+        seg += [-1] * pad
+
+    def row(x, dtype):
+        return torch.tensor(x, dtype=dtype).unsqueeze(0)
+
+    return MicroBatch(
+        tokens=row(toks, torch.long), labels=row(labels, torch.long), loss_mask=row(mask, torch.float32),
+        position_ids=row(pos, torch.long), segment_ids=row(seg, torch.long),
+        doc_pair=torch.tensor(doc_pair, dtype=torch.long),
+        doc_is_chosen=torch.tensor(doc_chosen, dtype=torch.bool),
+        doc_lengths=torch.tensor(doc_len, dtype=torch.float32),
+        ref_logps=torch.tensor(refs, dtype=torch.float32) if refs else None,
+        num_units=len(examples), num_real_tokens=real,
+    )

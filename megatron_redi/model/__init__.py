@@ -1,0 +1,1 @@
+"""Qwen2-architecture GPT models on megatron-core: config mapping, layer specs, attention."""

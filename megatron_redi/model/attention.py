@@ -1,0 +1,140 @@
+"""Core attention on `scaled_dot_product_attention`: causal, packed documents, context parallel.
+
+megatron-core's local `DotProductAttention` materialises s x s scores and refuses CP; TE is absent on
+CPU hosts. This module runs everywhere torch runs and is the local spec's core attention.
+
+Packed documents are described by `attention_mask`: a long tensor [b, s_local] of segment ids (one id
+per document, padding included); no token attends across segments. `None` means one causal document
+per row.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from megatron.core import parallel_state
+from megatron.core.transformer.module import MegatronModule
+
+
+def cp_chunk_positions(seq_local: int, cp_rank: int, cp_size: int, device) -> torch.Tensor:
+    """Global positions held by `cp_rank` under Megatron's load-balanced split (chunks r, 2cp-1-r)."""
+    half = seq_local // 2
+    first = torch.arange(cp_rank * half, (cp_rank + 1) * half, device=device)
+    second_chunk = 2 * cp_size - 1 - cp_rank
+    second = torch.arange(second_chunk * half, (second_chunk + 1) * half, device=device)
+    return torch.cat([first, second])
+
+
+class _AllGatherSeq(torch.autograd.Function):
+    """All-gather along dim 0 over a group; backward sums every rank's gradient then slices.
+
+    All-reduce + slice instead of reduce-scatter because gloo has no reduce-scatter.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, group) -> torch.Tensor:
+        ctx.group = group
+        world = dist.get_world_size(group)
+        ctx.rank = dist.get_rank(group)
+        ctx.n = x.shape[0]
+        out = [torch.empty_like(x) for _ in range(world)]
+        dist.all_gather(out, x.contiguous(), group=group)
+        return torch.cat(out, dim=0)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        grad = grad.contiguous()
+        dist.all_reduce(grad, group=ctx.group)
+        return grad[ctx.rank * ctx.n : (ctx.rank + 1) * ctx.n], None
+
+
+def _gather_cp(x: torch.Tensor, group, cp_size: int, differentiable: bool) -> torch.Tensor:
+    """Gather a [s_local, ...] tensor from all CP ranks and put it in natural sequence order."""
+    if differentiable:
+        full = _AllGatherSeq.apply(x, group)
+    else:
+        parts = [torch.empty_like(x) for _ in range(cp_size)]
+        dist.all_gather(parts, x.contiguous(), group=group)
+        full = torch.cat(parts, dim=0)
+    half = x.shape[0] // 2
+    chunks = full.split(half, dim=0)  # rank r contributed chunks (r, 2cp-1-r)
+    ordered = [None] * (2 * cp_size)
+    for r in range(cp_size):
+        ordered[r] = chunks[2 * r]
+        ordered[2 * cp_size - 1 - r] = chunks[2 * r + 1]
+    return torch.cat(ordered, dim=0)
+
+
+def _segment_runs(segments: torch.Tensor) -> list[list[tuple[int, int]]]:
+    """Contiguous [start, end) runs of equal segment id per row (one host sync per forward)."""
+    runs = []
+    for row in segments.tolist():
+        r, start = [], 0
+        for i in range(1, len(row) + 1):
+            if i == len(row) or row[i] != row[start]:
+                r.append((start, i))
+                start = i
+        runs.append(r)
+    return runs
+
+
+class SDPACoreAttention(MegatronModule):
+    """Drop-in `core_attention` for megatron's `SelfAttention` (same constructor and call)."""
+
+    def __init__(self, config, layer_number, attn_mask_type, attention_type, attention_dropout=None,
+                 softmax_scale=None, cp_comm_type=None, pg_collection=None):
+        super().__init__(config=config)
+        self.softmax_scale = softmax_scale
+        self.dropout_p = config.attention_dropout if attention_dropout is None else attention_dropout
+        self._runs_cache: tuple[torch.Tensor, list] | None = None
+
+    def _runs(self, segments: torch.Tensor):
+        # Every layer receives the same mask tensor; decode its runs once per forward.
+        if self._runs_cache is None or self._runs_cache[0] is not segments:
+            self._runs_cache = (segments, _segment_runs(segments))
+        return self._runs_cache[1]
+
+    def forward(self, query, key, value, attention_mask, attn_mask_type=None, attention_bias=None,
+                packed_seq_params=None):
+        assert attention_bias is None, "attention bias is not supported"
+        assert packed_seq_params is None, "pass document boundaries as segment ids in attention_mask"
+        sq, b, np_, hn = query.shape
+        gqa = key.shape[2] != np_
+        dropout = self.dropout_p if self.training else 0.0
+        q = query.permute(1, 2, 0, 3)
+        cp_size = parallel_state.get_context_parallel_world_size()
+
+        if cp_size > 1:
+            group = parallel_state.get_context_parallel_group()
+            k = _gather_cp(key, group, cp_size, True).permute(1, 2, 0, 3)
+            v = _gather_cp(value, group, cp_size, True).permute(1, 2, 0, 3)
+            qpos = cp_chunk_positions(sq, parallel_state.get_context_parallel_rank(), cp_size, q.device)
+            kpos = torch.arange(k.shape[2], device=q.device)
+            mask = kpos[None, :] <= qpos[:, None]
+            mask = mask[None, None].expand(b, 1, sq, k.shape[2])
+            if attention_mask is not None:
+                seg_k = _gather_cp(attention_mask.t(), group, cp_size, False).t()
+                mask = mask & (attention_mask[:, None, :, None] == seg_k[:, None, None, :])
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout,
+                                                 scale=self.softmax_scale, enable_gqa=gqa)
+        else:
+            k = key.permute(1, 2, 0, 3)
+            v = value.permute(1, 2, 0, 3)
+            if attention_mask is None:
+                out = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout,
+                                                     scale=self.softmax_scale, enable_gqa=gqa)
+            else:
+                # One causal (flash-eligible) call per document instead of an s x s mask.
+                rows = []
+                for bi, runs in enumerate(self._runs(attention_mask)):
+                    parts = [
+                        F.scaled_dot_product_attention(
+                            q[bi : bi + 1, :, s:e], k[bi : bi + 1, :, s:e], v[bi : bi + 1, :, s:e],
+                            is_causal=True, dropout_p=dropout, scale=self.softmax_scale, enable_gqa=gqa)
+                        for s, e in runs
+                    ]
+                    rows.append(torch.cat(parts, dim=2))
+                out = torch.cat(rows, dim=0)
+        # [b, np, s, hn] -> [s, b, np * hn]
+        return out.permute(2, 0, 1, 3).reshape(sq, b, np_ * hn)

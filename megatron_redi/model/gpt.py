@@ -1,0 +1,33 @@
+"""GPTModel whose last stage returns per-token log-probs instead of [s, b, vocab] logits."""
+
+from __future__ import annotations
+
+import torch
+from megatron.core.models.gpt import GPTModel
+
+from megatron_redi.objectives.logprobs import vocab_parallel_logprobs
+
+
+class RediGPTModel(GPTModel):
+    """With `labels` given, the last stage returns log p(labels) [b, s] in fp32, computed chunk by
+    chunk from the final hidden states (objectives.logprobs); logits never exist in full."""
+
+    def __init__(self, *args, true_vocab_size: int, logprob_chunk_size: int = 4096, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.true_vocab_size = true_vocab_size
+        self.logprob_chunk_size = logprob_chunk_size
+
+    def output_weight(self) -> torch.Tensor:
+        if self.share_embeddings_and_output_weights:
+            return self.shared_embedding_or_output_weight()
+        return self.output_layer.weight
+
+    def _postprocess(self, hidden_states, input_ids, position_ids, labels, *args, **kwargs):
+        if labels is None or not self.post_process:
+            return super()._postprocess(hidden_states, input_ids, position_ids, labels, *args, **kwargs)
+        logp = vocab_parallel_logprobs(
+            hidden_states, self.output_weight(), labels.transpose(0, 1).contiguous(),
+            true_vocab_size=self.true_vocab_size, chunk_size=self.logprob_chunk_size,
+            sequence_parallel=self.config.sequence_parallel,
+        )
+        return logp.transpose(0, 1).contiguous()

@@ -1,0 +1,23 @@
+"""RMSNorm for the local spec: megatron's torch norm wrapper refuses sequence parallelism."""
+
+from __future__ import annotations
+
+import torch
+
+
+class RMSNorm(torch.nn.Module):
+    """Qwen2's RMSNorm (fp32 statistics). Under sequence parallelism each TP rank normalises its own
+    sequence shard, so the weight gradient is partial: tagging it `sequence_parallel` makes
+    megatron's finalize step all-reduce it over the TP group."""
+
+    def __init__(self, config, hidden_size: int, eps: float = 1e-6):
+        super().__init__()
+        self.eps = eps
+        self.weight = torch.nn.Parameter(torch.ones(hidden_size, dtype=config.params_dtype))
+        setattr(self.weight, "sequence_parallel", bool(config.sequence_parallel))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = x.dtype
+        h = x.float()
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * h.to(dtype)

@@ -1,0 +1,1 @@
+"""Log-prob kernels and the training objectives (sft, redi, simpo, dpo)."""

@@ -1,0 +1,1 @@
+"""Process groups, devices and the CPU compatibility layer for megatron-core."""

@@ -1,0 +1,98 @@
+"""Process-group set-up shared by the trainer, tools and tests (NCCL on GPU, gloo on CPU)."""
+
+from __future__ import annotations
+
+import os
+import random
+from dataclasses import dataclass
+from datetime import timedelta
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from megatron_redi.platform.cpu_patches import apply_cpu_patches
+
+
+@dataclass
+class ParallelConfig:
+    tensor_model_parallel_size: int = 1
+    pipeline_model_parallel_size: int = 1
+    context_parallel_size: int = 1
+    sequence_parallel: bool = False
+
+    def validate(self, world_size: int) -> int:
+        """Return the data-parallel size or raise naming the offending flag."""
+        for flag, v in (
+            ("--tensor-model-parallel-size", self.tensor_model_parallel_size),
+            ("--pipeline-model-parallel-size", self.pipeline_model_parallel_size),
+            ("--context-parallel-size", self.context_parallel_size),
+        ):
+            if v < 1:
+                raise ValueError(f"{flag} must be >= 1, got {v}")
+        mp = self.tensor_model_parallel_size * self.pipeline_model_parallel_size * self.context_parallel_size
+        if world_size % mp:
+            raise ValueError(
+                f"world size {world_size} is not divisible by --tensor-model-parallel-size "
+                f"({self.tensor_model_parallel_size}) x --pipeline-model-parallel-size "
+                f"({self.pipeline_model_parallel_size}) x --context-parallel-size "
+                f"({self.context_parallel_size}) = {mp}"
+            )
+        if self.sequence_parallel and self.tensor_model_parallel_size == 1:
+            raise ValueError("--sequence-parallel needs --tensor-model-parallel-size > 1")
+        return world_size // mp
+
+
+def device() -> torch.device:
+    if torch.cuda.is_available():
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def init_distributed(timeout_minutes: int = 10) -> None:
+    """Initialise torch.distributed from torchrun's environment (or as a single process)."""
+    apply_cpu_patches()
+    if dist.is_initialized():
+        return
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    os.environ.setdefault("MASTER_PORT", "29500")
+    os.environ.setdefault("RANK", "0")
+    os.environ.setdefault("WORLD_SIZE", "1")
+    os.environ.setdefault("LOCAL_RANK", "0")
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if backend == "nccl":
+        torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
+    dist.init_process_group(backend=backend, timeout=timedelta(minutes=timeout_minutes))
+
+
+def init_model_parallel(cfg: ParallelConfig) -> int:
+    """Create megatron's TP/PP/CP/DP groups; returns the data-parallel size."""
+    from megatron.core import parallel_state
+
+    dp = cfg.validate(dist.get_world_size())
+    if not parallel_state.model_parallel_is_initialized():
+        parallel_state.initialize_model_parallel(
+            tensor_model_parallel_size=cfg.tensor_model_parallel_size,
+            pipeline_model_parallel_size=cfg.pipeline_model_parallel_size,
+            context_parallel_size=cfg.context_parallel_size,
+        )
+    return dp
+
+
+def set_seed(seed: int) -> None:
+    """Seed every generator; megatron's tracker gets the same seed so TP ranks agree on init."""
+    from megatron.core import tensor_parallel
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    tensor_parallel.model_parallel_cuda_manual_seed(seed)
+
+
+def destroy() -> None:
+    from megatron.core import parallel_state
+
+    if parallel_state.model_parallel_is_initialized():
+        parallel_state.destroy_model_parallel()
+    if dist.is_initialized():
+        dist.destroy_process_group()

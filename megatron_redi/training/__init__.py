@@ -1,0 +1,1 @@
+"""Arguments, the training loop on megatron.core schedules, optimizer/scheduler, metrics, signals."""
