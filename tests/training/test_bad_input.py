@@ -1,0 +1,79 @@
+"""Bad input fails fast with a message naming the flag, file or row, on every rank, never a hang."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from megatron_redi.training.arguments import parse_args
+from tests.helpers_dist import ROOT, SAMPLE, TINY, torchrun
+
+BASE = ["--model-config", str(TINY), "--tokenizer-model", str(TINY), "--data-path", str(SAMPLE / "pairs.jsonl"),
+        "--train-iters", "1", "--global-batch-size", "4"]
+
+
+@pytest.mark.parametrize("extra,match", [
+    (["--loss-type", "ppo"], "--loss-type"),
+    (["--redi-alpha", "1.2"], "--redi-alpha"),
+    (["--micro-batch-size", "0"], "--micro-batch-size"),
+    (["--lr-warmup-fraction", "2"], "--lr-warmup-fraction"),
+])
+def test_flag_errors(extra, match):
+    with pytest.raises(ValueError, match=match):
+        parse_args(BASE + extra)
+
+
+def _fails(tmp_path, args, nproc, match):
+    p = torchrun(ROOT / "pretrain_redi.py", args + ["--no-progress"], nproc=nproc, check=False, timeout=120)
+    assert p.returncode != 0
+    assert match in p.stderr, p.stderr[-3000:]
+    if nproc == 2:  # every rank reports and exits, none waits in a collective
+        assert "[rank 0] error" in p.stderr and "[rank 1] error" in p.stderr
+    return p
+
+
+def test_global_batch_not_divisible(tmp_path):
+    _fails(tmp_path, BASE[:-1] + ["6", "--micro-batch-size", "4"], 2, "--global-batch-size 6")
+
+
+def test_parallel_sizes_must_divide_world_and_model(tmp_path):
+    _fails(tmp_path, BASE + ["--tensor-model-parallel-size", "3"], 2, "--tensor-model-parallel-size")
+    cfg = json.loads((TINY / "config.json").read_text())
+    cfg["num_attention_heads"], cfg["num_key_value_heads"] = 3, 1
+    cfg["hidden_size"] = 48
+    d = tmp_path / "m"
+    d.mkdir()
+    (d / "config.json").write_text(json.dumps(cfg))
+    args = ["--model-config", str(d)] + BASE[2:] + ["--tensor-model-parallel-size", "2"]
+    _fails(tmp_path, args, 2, "does not divide num_attention_heads")
+
+
+def test_missing_tokenizer_and_template(tmp_path):
+    args = BASE.copy()
+    args[3] = str(tmp_path / "nope")
+    _fails(tmp_path, args, 1, "--tokenizer-model")
+    tdir = tmp_path / "tok"
+    tdir.mkdir()
+    for f in TINY.iterdir():
+        if f.name not in ("chat_template.jinja",):
+            text = f.read_text()
+            if f.name == "tokenizer_config.json":
+                c = json.loads(text)
+                c.pop("chat_template", None)
+                text = json.dumps(c)
+            (tdir / f.name).write_text(text)
+    args[3] = str(tdir)
+    _fails(tmp_path, args, 1, "no chat template")
+
+
+def test_malformed_row_names_file_and_row_on_every_rank(tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    lines = (SAMPLE / "pairs.jsonl").read_text().splitlines()[:5]
+    row = json.loads(lines[2])
+    del row["rejected"]
+    lines[2] = json.dumps(row)
+    bad.write_text("\n".join(lines) + "\n")
+    args = BASE.copy()
+    args[5] = str(bad)
+    _fails(tmp_path, args, 2, f"{bad}: row 3")
