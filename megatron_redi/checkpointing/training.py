@@ -98,8 +98,8 @@ def _inner_torch_optimizers(optimizer) -> list:
 
 
 def _prime_adam_state(optimizer) -> None:
-    """megatron 0.16 bug 1: loading a fully_reshardable state into a fresh (never stepped) torch AdamW
-    raises KeyError 'step' because its init_state_fn creates exp_avg/exp_avg_sq but no step."""
+    """Give a fresh (never stepped) torch AdamW a full state: the distributed optimizer's
+    `state_dict()` reads every parameter's 'step', and megatron's init_state_fn creates none."""
     for opt in _inner_torch_optimizers(optimizer):
         for group in opt.param_groups:
             for p in group["params"]:
@@ -107,8 +107,37 @@ def _prime_adam_state(optimizer) -> None:
                 if "exp_avg" not in st:
                     st["exp_avg"] = torch.zeros_like(p.data)
                     st["exp_avg_sq"] = torch.zeros_like(p.data)
-                if "step" not in st:
-                    st["step"] = torch.tensor(0.0)
+                st.setdefault("step", torch.tensor(0.0))
+
+
+def _load_optimizer_state(optimizer, state) -> None:
+    """megatron 0.16 bug 1: with torch AdamW, the distributed optimizer's fully_reshardable load
+    copies every key of the live per-parameter state from the checkpoint, but the checkpoint carries
+    no per-parameter 'step' (KeyError 'step'). Hide 'step' during the copy; _fix_adam_steps restores
+    it. Scoped to this call, on this optimizer instance only."""
+    undo = []
+    for o in getattr(optimizer, "chained_optimizers", None) or [optimizer]:
+        orig = getattr(o, "_set_main_param_and_optimizer_states", None)
+        if orig is None or not hasattr(o, "model_param_group_index_map"):
+            continue
+
+        def without_step(model_param, tensors, _orig=orig, _o=o):
+            gi, go = _o.model_param_group_index_map[model_param]
+            st = _o.optimizer.state[_o.optimizer.param_groups[gi]["params"][go]]
+            step = st.pop("step", None)
+            try:
+                _orig(model_param, tensors)
+            finally:
+                if step is not None:
+                    st["step"] = step
+
+        o._set_main_param_and_optimizer_states = without_step
+        undo.append(o)
+    try:
+        optimizer.load_state_dict(state)
+    finally:
+        for o in undo:
+            del o._set_main_param_and_optimizer_states
 
 
 def _fix_adam_steps(optimizer, steps: int) -> None:
@@ -123,8 +152,16 @@ def _fix_adam_steps(optimizer, steps: int) -> None:
                     st["step"] = torch.tensor(float(steps), dtype=torch.float32)
 
 
+def unwrap(model):
+    """The bare GPTModel under megatron DDP: checkpoint keys never carry a `module.` prefix, so
+    training checkpoints and converted HF checkpoints share one key space."""
+    while hasattr(model, "module"):
+        model = model.module
+    return model
+
+
 def _sharded_state(model, optimizer, cfg, is_loading: bool) -> dict:
-    model_sd = model.sharded_state_dict()
+    model_sd = unwrap(model).sharded_state_dict()
     sd = {"model": model_sd}
     if optimizer is not None:
         if is_loading:
@@ -207,8 +244,8 @@ def load_training_checkpoint(root: str | Path, model, optimizer, scheduler, cfg)
             replica_id=0,
         )
     loaded = dist_checkpointing.load(sd, str(path))
-    model.load_state_dict(loaded["model"])
-    optimizer.load_state_dict(loaded["optimizer"])
+    unwrap(model).load_state_dict(loaded["model"])
+    _load_optimizer_state(optimizer, loaded["optimizer"])
     _fix_adam_steps(optimizer, meta["optimizer_steps"])
     scheduler.load_state_dict(meta["scheduler"])
     if same_layout and loaded.get("rng_state") is not None:
@@ -228,5 +265,6 @@ def load_pretrained(path: str | Path, model, shape, cfg) -> None:
     if not (ckpt_dir / "metadata.json").is_file():
         raise FileNotFoundError(f"--pretrained-checkpoint: {ckpt_dir} is not a megatron dist checkpoint "
                                 f"(convert HF weights with tools/convert_checkpoint.py hf-to-mcore)")
-    loaded = dist_checkpointing.load({"model": model.sharded_state_dict()}, str(ckpt_dir))
-    model.load_state_dict(loaded["model"])
+    bare = unwrap(model)
+    loaded = dist_checkpointing.load({"model": bare.sharded_state_dict()}, str(ckpt_dir))
+    bare.load_state_dict(loaded["model"])

@@ -54,6 +54,7 @@ class TrainConfig:
     load: str | None = None
     pretrained_checkpoint: str | None = None
     keep_last: int | None = None
+    exit_interval: int | None = None
     exit_signal_handler: bool = True
     no_progress: bool = False
 
@@ -116,6 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--load", default=None)
     g.add_argument("--pretrained-checkpoint", default=None)
     g.add_argument("--keep-last", type=int, default=None)
+    g.add_argument("--exit-interval", type=int, default=None,
+                   help="save (if --save) and exit after an iteration divisible by this")
     g.add_argument("--no-exit-signal-handler", dest="exit_signal_handler", action="store_false")
     g.add_argument("--no-progress", action="store_true")
     return p

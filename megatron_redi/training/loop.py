@@ -201,11 +201,13 @@ def pretrain(cfg: TrainConfig, model_provider: Callable, forward_step_func: Call
             last = rec
         save_now = cfg.save and cfg.save_interval and state.iteration % cfg.save_interval == 0
         stop = signals is not None and signals.any_rank_received()
+        stop = stop or bool(cfg.exit_interval and state.iteration % cfg.exit_interval == 0)
         if cfg.save and (save_now or stop or state.iteration == total_iters):
             ckpt.save_training_checkpoint(cfg.save, model, optimizer, scheduler, state, cfg)
         if stop:
             if log_rank:
-                tqdm.write(f"[megatron-redi] exit signal received: saved iteration {state.iteration}, exiting")
+                tqdm.write(f"[megatron-redi] stopping at iteration {state.iteration}"
+                           f"{' (checkpoint saved)' if cfg.save else ''}")
             break
     bar.close()
     logger.close()

@@ -8,8 +8,8 @@ import torch
 from megatron_redi.data.batch import Example, pack
 from megatron_redi.model.config import ModelBuildConfig, Qwen2Shape
 from megatron_redi.objectives.compute import micro_batch_loss
-from megatron_redi.objectives.losses import ObjectiveConfig
 from megatron_redi.objectives.logprobs import vocab_parallel_logprobs
+from megatron_redi.objectives.losses import ObjectiveConfig
 from tests.helpers_dist import TINY
 
 
