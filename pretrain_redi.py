@@ -62,9 +62,15 @@ def forward_step(data_iterator, model):
 
     from megatron_redi.platform.distributed import device
 
+    from megatron_redi.checkpointing.training import unwrap
+    from megatron_redi.objectives.compute import linear_token_weights
+
     item = next(data_iterator)
     mb = item.batch.slice_for_cp(ps.get_context_parallel_rank(), ps.get_context_parallel_world_size())
     mb = mb.to(device())
+    bare = unwrap(model)
+    if bare.post_process:
+        bare.pending_token_weights = linear_token_weights(mb, _CFG.objective, item.global_units)
     output = model(mb.tokens, mb.position_ids, mb.segment_ids, labels=mb.labels)
     return output, partial(loss_func, mb, item.global_units)
 

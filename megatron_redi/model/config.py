@@ -117,7 +117,10 @@ class ModelBuildConfig:
     fp8_format: str | None = None
     fp8_recipe: str = "delayed"
     first_last_layers_bf16: bool = False
-    logprob_chunk_size: int = 4096
+    logprob_chunk_size: int = 1024
+    # fast_init: megatron's own (device-side) initialisation instead of the layout-independent one;
+    # for benchmarks and for runs that load a checkpoint anyway
+    fast_init: bool = False
 
 
 def transformer_config(shape: Qwen2Shape, build: ModelBuildConfig):
@@ -141,7 +144,7 @@ def transformer_config(shape: Qwen2Shape, build: ModelBuildConfig):
         attention_dropout=0.0,
         hidden_dropout=0.0,
         init_method_std=shape.initializer_range,
-        use_cpu_initialization=True,
+        use_cpu_initialization=not build.fast_init,
         params_dtype=dtype,
         bf16=build.bf16,
         pipeline_dtype=dtype,

@@ -12,10 +12,12 @@ class RediGPTModel(GPTModel):
     """With `labels` given, the last stage returns log p(labels) [b, s] in fp32, computed chunk by
     chunk from the final hidden states (objectives.logprobs); logits never exist in full."""
 
-    def __init__(self, *args, true_vocab_size: int, logprob_chunk_size: int = 4096, **kwargs):
+    def __init__(self, *args, true_vocab_size: int, logprob_chunk_size: int = 1024, **kwargs):
         super().__init__(*args, **kwargs)
         self.true_vocab_size = true_vocab_size
         self.logprob_chunk_size = logprob_chunk_size
+        # [b, s] expected d loss / d logp, set by the forward step for linear objectives (one use)
+        self.pending_token_weights: torch.Tensor | None = None
 
     def output_weight(self) -> torch.Tensor:
         if self.share_embeddings_and_output_weights:
@@ -25,9 +27,11 @@ class RediGPTModel(GPTModel):
     def _postprocess(self, hidden_states, input_ids, position_ids, labels, *args, **kwargs):
         if labels is None or not self.post_process:
             return super()._postprocess(hidden_states, input_ids, position_ids, labels, *args, **kwargs)
+        tw, self.pending_token_weights = self.pending_token_weights, None
         logp = vocab_parallel_logprobs(
             hidden_states, self.output_weight(), labels.transpose(0, 1).contiguous(),
             true_vocab_size=self.true_vocab_size, chunk_size=self.logprob_chunk_size,
             sequence_parallel=self.config.sequence_parallel,
+            token_weights=tw.transpose(0, 1).contiguous() if tw is not None else None,
         )
         return logp.transpose(0, 1).contiguous()

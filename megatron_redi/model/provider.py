@@ -46,7 +46,8 @@ def build_model(shape: Qwen2Shape, build: ModelBuildConfig, *, seed: int = 1234,
         logprob_chunk_size=build.logprob_chunk_size,
         vp_stage=vp_stage,
     )
-    deterministic_init(model, seed, shape)
+    if not build.fast_init:
+        deterministic_init(model, seed, shape)
     if torch.cuda.is_available():
         model.cuda(torch.cuda.current_device())
     return model

@@ -40,6 +40,21 @@ def document_sums(logp: torch.Tensor, mb: MicroBatch, cp_group=None) -> torch.Te
     return _AllReduceSumIdentityGrad.apply(sums, cp_group)
 
 
+def linear_token_weights(mb: MicroBatch, cfg: ObjectiveConfig, global_units: float) -> torch.Tensor | None:
+    """d loss / d logp_t per token for objectives linear in the log-probs (sft, redi), else None.
+
+    Lets the log-prob kernel produce its gradients in the forward pass (objectives.logprobs)."""
+    if cfg.loss_type == "sft":
+        return -mb.loss_mask / global_units
+    if cfg.loss_type != "redi":
+        return None
+    lengths = mb.doc_lengths.clamp(min=1)
+    coef = torch.where(mb.doc_is_chosen, -cfg.redi_chosen_weight / lengths, cfg.redi_alpha / lengths) / global_units
+    seg = mb.segment_ids
+    per_tok = coef[seg.clamp(min=0)]
+    return torch.where(seg >= 0, per_tok, torch.zeros_like(per_tok)) * mb.loss_mask
+
+
 def micro_batch_loss(logp: torch.Tensor, mb: MicroBatch, cfg: ObjectiveConfig, global_units: float,
                      cp_group=None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Loss contribution of this micro-batch (already divided by the global batch size) and metric sums.

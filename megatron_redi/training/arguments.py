@@ -45,7 +45,7 @@ class TrainConfig:
     fp8_format: str | None = None
     fp8_recipe: str = "delayed"
     first_last_layers_bf16: bool = False
-    logprob_chunk_size: int = 4096
+    logprob_chunk_size: int = 1024
     log_interval: int = 1
     metrics_file: str | None = None
     tensorboard_dir: str | None = None
@@ -107,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--fp8-format", choices=["e4m3", "hybrid"], default=None)
     g.add_argument("--fp8-recipe", choices=["delayed", "tensorwise", "blockwise", "mxfp8"], default="delayed")
     g.add_argument("--first-last-layers-bf16", action="store_true")
-    g.add_argument("--logprob-chunk-size", type=int, default=4096)
+    g.add_argument("--logprob-chunk-size", type=int, default=1024)
     g = p.add_argument_group("logging and checkpoints")
     g.add_argument("--log-interval", type=int, default=1)
     g.add_argument("--metrics-file", default=None)

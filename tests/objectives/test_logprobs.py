@@ -7,22 +7,29 @@ import torch
 
 from megatron_redi.data.batch import Example, pack
 from megatron_redi.model.config import ModelBuildConfig, Qwen2Shape
-from megatron_redi.objectives.compute import micro_batch_loss
-from megatron_redi.objectives.logprobs import vocab_parallel_logprobs
+from megatron_redi.objectives.compute import linear_token_weights, micro_batch_loss
+from megatron_redi.objectives.logprobs import BACKWARD_PATHS, vocab_parallel_logprobs
 from megatron_redi.objectives.losses import ObjectiveConfig
 from tests.helpers_dist import TINY
 
 
 @pytest.mark.parametrize("chunk", [1, 7, 64])
-def test_chunked_logprobs_values_and_grads(megatron_world, chunk):
+@pytest.mark.parametrize("mode", ["recompute", "fused", "fused_mismatch"])
+def test_chunked_logprobs_values_and_grads(megatron_world, chunk, mode):
+    """recompute: plain backward. fused: gradients made in the forward from the announced per-token
+    weights (the incoming gradient is 3x those weights). fused_mismatch: the announced weights are
+    wrong, so the kernel must notice and recompute."""
     torch.manual_seed(0)
     s, b, h, v, true_v = 13, 2, 8, 40, 33  # last 7 vocab rows are padding
     hid = torch.randn(s, b, h, dtype=torch.float64, requires_grad=True)
     w = torch.randn(v, h, dtype=torch.float64, requires_grad=True)
     labels = torch.randint(0, true_v, (s, b))
     g = torch.randn(s, b, dtype=torch.float64)
+    g[:4] = 0.0  # a prompt-like stretch with no gradient
+    announced = {"recompute": None, "fused": g / 3, "fused_mismatch": torch.randn(s, b, dtype=torch.float64)}[mode]
 
-    got = vocab_parallel_logprobs(hid, w, labels, true_vocab_size=true_v, chunk_size=chunk)
+    got = vocab_parallel_logprobs(hid, w, labels, true_vocab_size=true_v, chunk_size=chunk,
+                                  token_weights=announced)
     (got * g).sum().backward()
     gh, gw = hid.grad.clone(), w.grad.clone()
     hid.grad = w.grad = None
@@ -71,9 +78,14 @@ def test_objective_matches_full_logits_reference(megatron_world, loss_type):
     cfg = ObjectiveConfig(loss_type=loss_type, dpo_beta=0.1)
     mb = pack(exs)
     units = float(sum(len(c) for e in exs for c in e.completions)) if loss_type == "sft" else float(len(exs))
+    # as the forward step does: linear objectives announce their per-token gradient
+    model.pending_token_weights = linear_token_weights(mb, cfg, units)
+    before = dict(BACKWARD_PATHS)
     logp = model(mb.tokens, mb.position_ids, mb.segment_ids, labels=mb.labels)
     loss, _ = micro_batch_loss(logp, mb, cfg, units)
     loss.backward()
+    path = "fused" if loss_type in ("sft", "redi") else "recompute"
+    assert BACKWARD_PATHS[path] == before[path] + 1
     got_grads = {n: p.grad.clone() for n, p in model.named_parameters()}
     model.zero_grad()
 
