@@ -53,8 +53,7 @@ def _peak_gb():
 
 
 def bench_ours(cfg_dict, total, steps, warmup, bf16, recompute):
-    from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
-    from megatron.core.distributed import finalize_model_grads
+    from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig, finalize_model_grads
     from megatron.core.pipeline_parallel import get_forward_backward_func
 
     from megatron_redi.data.batch import Example, pack
@@ -130,7 +129,7 @@ def bench_baseline(cfg_dict, total, steps, warmup, bf16):
         mask[i, len(p) : len(s)] = 1
     ids, att, mask = ids.to(dev), att.to(dev), mask.to(dev)
 
-    def step():
+    def step(model, opt):
         logits = model(input_ids=ids, attention_mask=att).logits[:, :-1].float()
         lp = torch.log_softmax(logits, -1).gather(-1, ids[:, 1:, None]).squeeze(-1) * mask[:, 1:]
         sums, lens = lp.sum(-1), mask[:, 1:].sum(-1)
@@ -146,7 +145,7 @@ def bench_baseline(cfg_dict, total, steps, warmup, bf16):
         for i in range(warmup + steps):
             _sync()
             t0 = time.perf_counter()
-            step()
+            step(model, opt)
             _sync()
             if i >= warmup:
                 times.append(time.perf_counter() - t0)
