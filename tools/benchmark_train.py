@@ -80,7 +80,7 @@ def bench_ours(cfg_dict, total, steps, warmup, bf16, recompute):
 
     def fstep(it, m):
         next(it)
-        model.pending_token_weights = linear_token_weights(mb, obj, 1.0)
+        m.module.pending_token_weights = linear_token_weights(mb, obj, 1.0)
         out = m(mb.tokens, mb.position_ids, mb.segment_ids, labels=mb.labels)
 
         def lf(o):
