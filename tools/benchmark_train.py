@@ -52,7 +52,7 @@ def _peak_gb():
     return torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None
 
 
-def bench_ours(cfg_dict, total, steps, warmup, bf16, recompute):
+def bench_ours(cfg_dict, total, steps, warmup, bf16, recompute, chunk=1024, profile=False):
     from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig, finalize_model_grads
     from megatron.core.pipeline_parallel import get_forward_backward_func
 
@@ -67,7 +67,8 @@ def bench_ours(cfg_dict, total, steps, warmup, bf16, recompute):
 
     shape = Qwen2Shape.from_hf(cfg_dict)
     model = build_model(shape, ModelBuildConfig(bf16=bf16, fast_init=torch.cuda.is_available(),
-                                                recompute_granularity="full" if recompute else None))
+                                                recompute_granularity="full" if recompute else None,
+                                                logprob_chunk_size=chunk))
     ddp = DistributedDataParallel(config=model.config, ddp_config=DistributedDataParallelConfig(
         grad_reduce_in_fp32=True, use_distributed_optimizer=False), module=model)
     model.config.no_sync_func = ddp.no_sync
@@ -103,6 +104,18 @@ def bench_ours(cfg_dict, total, steps, warmup, bf16, recompute):
         if i >= warmup:
             times.append(time.perf_counter() - t0)
     peak = _peak_gb()
+    if profile:
+        from torch.profiler import ProfilerActivity
+        from torch.profiler import profile as tprofile
+
+        acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+        with tprofile(activities=acts) as prof:
+            fwd_bwd(forward_step_func=fstep, data_iterator=iter([0]), model=[ddp], num_microbatches=1,
+                    seq_length=mb.tokens.shape[1], micro_batch_size=1, forward_only=False)
+            opt.step()
+            _sync()
+        key = "cuda_time_total" if torch.cuda.is_available() else "cpu_time_total"
+        print(prof.key_averages().table(sort_by=key, row_limit=25), flush=True)
     del ddp, model, opt, sched
     _reset_mem()
     return min(times), peak, [len(p) + len(c), len(p) + len(r)]
@@ -165,6 +178,8 @@ def main(argv=None):
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--no-baseline", action="store_true")
     ap.add_argument("--recompute", action="store_true")
+    ap.add_argument("--logprob-chunk-size", type=int, default=1024)
+    ap.add_argument("--profile", action="store_true", help="print the top kernels of one step of ours")
     ap.add_argument("--output", default=None)
     a = ap.parse_args(argv)
 
@@ -187,7 +202,8 @@ def main(argv=None):
     shape = Qwen2Shape.from_hf(cfg)
     rows = []
     for total in [int(x) for x in a.seq_lengths.split(",")]:
-        t, mem, docs = bench_ours(cfg, total, a.steps, a.warmup, bf16, a.recompute)
+        t, mem, docs = bench_ours(cfg, total, a.steps, a.warmup, bf16, a.recompute, a.logprob_chunk_size,
+                                  a.profile)
         flops = model_flops(shape, docs)
         row = {"tokens": total, "ours_step_s": t, "ours_tokens_per_s": total / t,
                "ours_tflops": flops / t / 1e12, "ours_mfu": (flops / t / 1e12 / peak) if peak else None,
