@@ -1,0 +1,62 @@
+"""Reference scoring for DPO: equal in every layout, equal to a full-logits computation, and a DPO run
+started from the scored checkpoint begins at loss ln 2 with zero margin."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import torch
+
+from megatron_redi.data.dataset import DataConfig, load_examples
+from megatron_redi.data.tokenize import TokenizeConfig
+from megatron_redi.model.config import ModelBuildConfig, Qwen2Shape
+from tests.helpers_dist import ROOT, SAMPLE, TINY, read_jsonl, torchrun
+
+ARGS = ["--model-config", str(TINY), "--tokenizer-model", str(TINY), "--seq-length", "512", "--seed", "3",
+        "--no-progress"]
+
+
+def test_scores_match_layouts_and_full_logits(tmp_path, megatron_world):
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("\n".join((SAMPLE / "pairs.jsonl").read_text().splitlines()[:7]) + "\n")
+    tool = ROOT / "tools" / "score_reference.py"
+    torchrun(tool, [*ARGS, "--data-path", str(data), "--output", str(tmp_path / "one.jsonl")], nproc=1)
+    torchrun(tool, [*ARGS, "--data-path", str(data), "--output", str(tmp_path / "dp2.jsonl")], nproc=2)
+    torchrun(tool, [*ARGS, "--data-path", str(data), "--output", str(tmp_path / "tp2.jsonl"),
+                    "--tensor-model-parallel-size", "2", "--micro-batch-size", "2"], nproc=2)
+    one = read_jsonl(tmp_path / "one.jsonl")
+    assert len(one) == 7 and [r["chosen"] for r in one] == [json.loads(x)["chosen"] for x in
+                                                          data.read_text().splitlines()]
+    for other in ("dp2", "tp2"):  # 7 rows over DP2 exercises the uneven last batch
+        for a, b in zip(one, read_jsonl(tmp_path / f"{other}.jsonl")):
+            for k in ("ref_chosen_logp", "ref_rejected_logp"):
+                assert math.isclose(a[k], b[k], rel_tol=1e-5), (other, k)
+
+    from megatron_redi.model.provider import build_model
+
+    shape = Qwen2Shape.from_hf(TINY)
+    model = build_model(shape, ModelBuildConfig(), seed=3)  # the weights the tool initialised
+    exs, _ = load_examples(DataConfig([str(data)], str(TINY), True, False, TokenizeConfig(seq_length=512)),
+                           progress=False)
+    for ex, row in zip(exs[:3], one):
+        for comp, key in zip(ex.completions, ("ref_chosen_logp", "ref_rejected_logp")):
+            ids = torch.tensor([ex.prompt + comp])
+            with torch.no_grad():
+                logits = model(ids, torch.arange(ids.shape[1])[None], None)[0, :, : shape.vocab_size]
+            lp = torch.log_softmax(logits[:-1].float(), -1).gather(-1, ids[0, 1:, None]).squeeze(-1)
+            assert math.isclose(lp[len(ex.prompt) - 1 :].sum().item(), row[key], rel_tol=1e-5)
+
+
+def test_dpo_from_its_own_reference_starts_at_ln2(tmp_path):
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("\n".join((SAMPLE / "pairs.jsonl").read_text().splitlines()[:8]) + "\n")
+    torchrun(ROOT / "tools" / "score_reference.py", [*ARGS, "--data-path", str(data), "--output",
+                                                      str(tmp_path / "ref.jsonl")], nproc=1)
+    metrics = tmp_path / "m.jsonl"
+    torchrun(ROOT / "pretrain_redi.py", [*ARGS, "--data-path", str(tmp_path / "ref.jsonl"), "--loss-type", "dpo",
+                                         "--global-batch-size", "4", "--micro-batch-size", "1", "--train-iters",
+                                         "1", "--metrics-file", str(metrics)], nproc=2)
+    rec = read_jsonl(metrics)[0]
+    assert math.isclose(rec["loss"], math.log(2), rel_tol=1e-6)
+    assert abs(rec["margin"]) < 1e-9
