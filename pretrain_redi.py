@@ -60,10 +60,9 @@ def forward_step(data_iterator, model):
     """One micro-batch through this stage; the last stage returns per-token log-probs."""
     from megatron.core import parallel_state as ps
 
-    from megatron_redi.platform.distributed import device
-
     from megatron_redi.checkpointing.training import unwrap
     from megatron_redi.objectives.compute import linear_token_weights
+    from megatron_redi.platform.distributed import device
 
     item = next(data_iterator)
     mb = item.batch.slice_for_cp(ps.get_context_parallel_rank(), ps.get_context_parallel_world_size())
@@ -84,6 +83,8 @@ def dataset_provider(cfg: TrainConfig, progress: bool = True):
         need_reference=cfg.objective.loss_type == "dpo",
         tokenize=TokenizeConfig(max_prompt_length=cfg.max_prompt_length, seq_length=cfg.seq_length,
                                 system_prompt=cfg.system_prompt),
+        cache_dir=cfg.data_cache_dir,
+        workers=cfg.tokenizer_workers,
     )
     return load_examples(data, progress=progress)
 

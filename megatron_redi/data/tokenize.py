@@ -76,14 +76,16 @@ class ChatEncoder:
                             "conversation; cannot locate the completion boundary")
         return p_text, full[len(p_text):]
 
-    def encode_prompt(self, prompt: list[Message]) -> list[int]:
-        p_text = self.tok.apply_chat_template(self._prompt_messages(prompt), tokenize=False,
-                                              add_generation_prompt=True)
-        ids = self.tok(p_text, add_special_tokens=False)["input_ids"]
+    def truncate_prompt(self, ids: list[int]) -> list[int]:
         if self.cfg.max_prompt_length and len(ids) > self.cfg.max_prompt_length:
             ids = ids[-self.cfg.max_prompt_length:]  # keep the end: the question sits last
             self.stats.prompts_truncated += 1
         return ids
+
+    def encode_prompt(self, prompt: list[Message]) -> list[int]:
+        p_text = self.tok.apply_chat_template(self._prompt_messages(prompt), tokenize=False,
+                                              add_generation_prompt=True)
+        return self.truncate_prompt(self.tok(p_text, add_special_tokens=False)["input_ids"])
 
     def encode_completion(self, prompt: list[Message], completion: list[Message]) -> list[int]:
         _, c_text = self.texts(prompt, completion)

@@ -15,6 +15,10 @@ class TrainConfig:
     data_path: list[str] = field(default_factory=list)
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     seq_length: int = 4096
+    data_cache_dir: str | None = None
+    tokenizer_workers: int = 0
+    packing: str = "none"
+    micro_batch_tokens: int | None = None
     max_prompt_length: int | None = None
     system_prompt: str | None = None
     rope_theta: float | None = None
@@ -69,6 +73,14 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seq-length", type=int, default=4096)
     g.add_argument("--max-prompt-length", type=int, default=None)
     g.add_argument("--system-prompt", default=None)
+    g.add_argument("--data-cache-dir", default=None,
+                   help="tokenisation cache (default $REDI_CACHE_DIR or ~/.cache/megatron_redi/data)")
+    g.add_argument("--tokenizer-workers", type=int, default=0, help="tokenisation processes (0 = auto)")
+    g.add_argument("--packing", choices=["none", "ffd"], default="none",
+                   help="none: --micro-batch-size units per micro-batch; ffd: first-fit-decreasing bins of "
+                        "--micro-batch-tokens tokens (padding-free either way)")
+    g.add_argument("--micro-batch-tokens", type=int, default=None,
+                   help="bin size for --packing ffd (default: --seq-length, x2 for pairs)")
     g.add_argument("--rope-theta", type=float, default=None)
     g.add_argument("--max-position-embeddings", type=int, default=None)
     g = p.add_argument_group("objective")
@@ -149,6 +161,8 @@ def validate(cfg: TrainConfig, world_size: int | None = None) -> None:
         raise ValueError(f"--lr-warmup-fraction must be in [0, 1], got {cfg.lr_warmup_fraction}")
     if cfg.min_lr > cfg.lr:
         raise ValueError(f"--min-lr {cfg.min_lr} exceeds --lr {cfg.lr}")
+    if cfg.micro_batch_tokens is not None and cfg.micro_batch_tokens < 1:
+        raise ValueError(f"--micro-batch-tokens must be >= 1, got {cfg.micro_batch_tokens}")
     if cfg.save_interval is not None and not cfg.save:
         raise ValueError("--save-interval needs --save DIR")
     if cfg.load and cfg.pretrained_checkpoint:
@@ -159,6 +173,7 @@ def validate(cfg: TrainConfig, world_size: int | None = None) -> None:
             raise ValueError(f"world size {world_size} is not divisible by --tensor-model-parallel-size x "
                              f"--pipeline-model-parallel-size x --context-parallel-size = {mp}")
         dp = world_size // mp
-        if cfg.global_batch_size % (cfg.micro_batch_size * dp):
+        per_mb = cfg.micro_batch_size if cfg.packing == "none" else 1
+        if cfg.global_batch_size % (per_mb * dp):
             raise ValueError(f"--global-batch-size {cfg.global_batch_size} is not divisible by "
                              f"--micro-batch-size {cfg.micro_batch_size} x data-parallel size {dp}")

@@ -16,8 +16,8 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from megatron_redi.data.batch import Example, MicroBatch
-from megatron_redi.data.dataset import make_micro_batches, pad_multiple
+from megatron_redi.data.batch import MicroBatch
+from megatron_redi.data.dataset import make_micro_batches, make_packed_micro_batches, pad_multiple
 from megatron_redi.data.sampler import GlobalBatchSampler
 from megatron_redi.model.config import Qwen2Shape
 from megatron_redi.platform.distributed import (
@@ -45,10 +45,6 @@ class StepInput:
 class TrainState:
     iteration: int = 0
     consumed_samples: int = 0
-
-
-def completion_tokens(ex: Example) -> int:
-    return sum(len(c) for c in ex.completions)
 
 
 def build_ddp_model(cfg: TrainConfig, model_provider: Callable):
@@ -143,7 +139,8 @@ def pretrain(cfg: TrainConfig, model_provider: Callable, forward_step_func: Call
                    f"world {world} = TP{cfg.tensor_model_parallel_size} x PP{cfg.pipeline_model_parallel_size}"
                    f" x CP{cfg.context_parallel_size} x DP{dp}")
     last: dict = {}
-    window = {"t": 0.0, "tokens": 0, "flops": 0.0, "n": 0}
+    window = {"t": 0.0, "tokens": 0, "flops": 0.0, "n": 0, "eff": 0.0}
+    capacity = cfg.micro_batch_tokens or cfg.seq_length * (2 if cfg.objective.paired else 1)
     model.train()
     while state.iteration < total_iters:
         t0 = time.perf_counter()
@@ -152,8 +149,12 @@ def pretrain(cfg: TrainConfig, model_provider: Callable, forward_step_func: Call
         if cfg.objective.paired:
             global_units = float(cfg.global_batch_size)
         else:
-            global_units = float(sum(completion_tokens(examples[i]) for i in gidx))
-        mbs = make_micro_batches(local, cfg.micro_batch_size, multiple)
+            global_units = float(sum(examples.completion_tokens(i) for i in gidx))
+        if cfg.packing == "ffd":
+            mbs, eff = make_packed_micro_batches(local, capacity, multiple)
+        else:
+            mbs = make_micro_batches(local, cfg.micro_batch_size, multiple)
+            eff = sum(mb.num_real_tokens for mb in mbs) / sum(mb.tokens.numel() for mb in mbs)
         data_iter = iter([StepInput(mb, global_units) for mb in mbs])
         losses = fwd_bwd(
             forward_step_func=forward_step_func,
@@ -175,10 +176,10 @@ def pretrain(cfg: TrainConfig, model_provider: Callable, forward_step_func: Call
             torch.cuda.synchronize()
         dt = time.perf_counter() - t0
         window["t"] += dt
-        window["tokens"] += sum(examples[i].num_tokens for i in gidx)
-        window["flops"] += model_flops(shape, [len(examples[i].prompt) + len(c) for i in gidx
-                                               for c in examples[i].completions])
+        window["tokens"] += sum(examples.num_tokens(i) for i in gidx)
+        window["flops"] += model_flops(shape, [n for i in gidx for n in examples.doc_lengths(i)])
         window["n"] += 1
+        window["eff"] += eff
         bar.update(1)
 
         reduced = _reduce_metrics(losses, dev)
@@ -191,12 +192,14 @@ def pretrain(cfg: TrainConfig, model_provider: Callable, forward_step_func: Call
             rec.update(reduced)
             rec["tokens_per_sec"] = window["tokens"] / window["t"]
             rec["iteration_time"] = window["t"] / window["n"]
+            rec["packing_efficiency"] = window["eff"] / window["n"]
+            rec["micro_batches"] = len(mbs)
             if dev.type == "cuda":
                 tflops = window["flops"] / window["t"] / world / 1e12
                 rec["tflops_per_gpu"] = tflops
                 rec["mfu"] = tflops / peak if peak else None
                 rec["max_memory_gb"] = torch.cuda.max_memory_allocated() / 2**30
-            window = {"t": 0.0, "tokens": 0, "flops": 0.0, "n": 0}
+            window = {"t": 0.0, "tokens": 0, "flops": 0.0, "n": 0, "eff": 0.0}
             logger.log(rec, tqdm.write)
             last = rec
         save_now = cfg.save and cfg.save_interval and state.iteration % cfg.save_interval == 0

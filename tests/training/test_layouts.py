@@ -102,3 +102,21 @@ def test_other_objectives_layouts(tmp_path, dpo_data, pairs_data, loss, layouts)
     got = _run_many(tmp_path, {k: LAYOUTS[k] for k in layouts}, loss, data, 2)
     for records in got.values():
         _assert_same(ref, records, ["loss", "grad_norm"])
+
+
+def test_packed_equals_unpacked_also_under_cp2(tmp_path, pairs_data):
+    """First-fit-decreasing packing (several pairs per row, document-masked attention) gives the loss and
+    gradient of one unit per micro-batch, also with CP2 splitting the packed rows."""
+    sft = tmp_path / "sft.jsonl"
+    sft.write_text("\n".join((SAMPLE / "sft.jsonl").read_text().splitlines()[:32]) + "\n")
+    ffd = ["--packing", "ffd", "--micro-batch-tokens", "1500"]
+    for loss, data in (("redi", pairs_data), ("sft", sft)):
+        one = _run_many(tmp_path / loss, {"unpacked": [], "packed": ffd}, loss, data, 1, mbs=1)
+        cp2 = _run_many(tmp_path / f"{loss}_cp2", {"packed_cp2": [*ffd, "--context-parallel-size", "2"]},
+                        loss, data, 2, mbs=1)
+        ref = one["unpacked"]
+        for got in (one["packed"], cp2["packed_cp2"]):
+            assert got[0]["micro_batches"] < ref[0]["micro_batches"]  # packing really happened
+            assert math.isclose(ref[0]["grad_norm"], got[0]["grad_norm"], rel_tol=1e-5)
+            for a, b in zip(ref, got):
+                assert math.isclose(a["loss"], b["loss"], rel_tol=1e-5), (loss, a["iteration"])
