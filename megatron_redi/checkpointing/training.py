@@ -268,3 +268,27 @@ def load_pretrained(path: str | Path, model, shape, cfg) -> None:
     bare = unwrap(model)
     loaded = dist_checkpointing.load({"model": bare.sharded_state_dict()}, str(ckpt_dir))
     bare.load_state_dict(loaded["model"])
+
+
+def write_hf_side_files(root: str | Path, cfg) -> None:
+    """Keep the HF config (with --rope-theta / --max-position-embeddings applied) and the tokenizer
+    files beside the training checkpoints, so `convert_checkpoint.py mcore-to-hf --load DIR` needs
+    nothing else. Rank 0 only; written once."""
+    from megatron_redi.checkpointing.convert import ASSETS_DIR, HF_CONFIG, _copy_assets
+
+    root = Path(root)
+    if dist.is_initialized() and dist.get_rank() != 0:
+        return
+    root.mkdir(parents=True, exist_ok=True)
+    src = Path(cfg.model_config)
+    src_json = src / "config.json" if src.is_dir() else src
+    conf = json.loads(src_json.read_text())
+    if cfg.rope_theta is not None:
+        conf["rope_theta"] = cfg.rope_theta
+    if cfg.max_position_embeddings is not None:
+        conf["max_position_embeddings"] = cfg.max_position_embeddings
+    tmp = root / (HF_CONFIG + ".tmp")
+    tmp.write_text(json.dumps(conf, indent=2) + "\n")
+    os.replace(tmp, root / HF_CONFIG)
+    if not (root / ASSETS_DIR).is_dir():
+        _copy_assets([Path(cfg.tokenizer_model), src_json.parent], root / ASSETS_DIR)

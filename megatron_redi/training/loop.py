@@ -116,6 +116,8 @@ def pretrain(cfg: TrainConfig, model_provider: Callable, forward_step_func: Call
     optimizer, scheduler = build_optimizer(cfg, [model], total_iters)
 
     state = TrainState()
+    if cfg.save:
+        ckpt.write_hf_side_files(cfg.save, cfg)
     if cfg.load and ckpt.has_checkpoint(cfg.load):
         state = ckpt.load_training_checkpoint(cfg.load, model, optimizer, scheduler, cfg)
     elif cfg.pretrained_checkpoint:
