@@ -8,6 +8,21 @@ from megatron.core.models.gpt import GPTModel
 from megatron_redi.objectives.logprobs import vocab_parallel_logprobs
 
 
+def thd_params(cu_seqlens: torch.Tensor):
+    """Document boundaries as Transformer Engine's attention takes them (THD `PackedSeqParams`); our
+    SDPA attention takes segment ids in `attention_mask` instead."""
+    from megatron.core import parallel_state
+    from megatron.core.packed_seq_params import PackedSeqParams
+
+    if parallel_state.get_context_parallel_world_size() > 1:
+        raise RuntimeError("packed documents with Transformer Engine and context parallelism need per-document "
+                           "CP partitioning, which is not implemented: use --transformer-impl local with CP")
+    mx = int((cu_seqlens[1:] - cu_seqlens[:-1]).max())
+    return PackedSeqParams(qkv_format="thd", cu_seqlens_q=cu_seqlens, cu_seqlens_kv=cu_seqlens,
+                           cu_seqlens_q_padded=cu_seqlens, cu_seqlens_kv_padded=cu_seqlens,
+                           max_seqlen_q=mx, max_seqlen_kv=mx)
+
+
 class RediGPTModel(GPTModel):
     """With `labels` given, the last stage returns log p(labels) [b, s] in fp32, computed chunk by
     chunk from the final hidden states (objectives.logprobs); logits never exist in full."""
@@ -18,6 +33,7 @@ class RediGPTModel(GPTModel):
         self.logprob_chunk_size = logprob_chunk_size
         # [b, s] expected d loss / d logp, set by the forward step for linear objectives (one use)
         self.pending_token_weights: torch.Tensor | None = None
+        self.transformer_impl = "local"
 
     def output_weight(self) -> torch.Tensor:
         if self.share_embeddings_and_output_weights:

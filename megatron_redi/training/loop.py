@@ -92,9 +92,11 @@ def pretrain(cfg: TrainConfig, model_provider: Callable, forward_step_func: Call
     from megatron.core.pipeline_parallel import get_forward_backward_func
 
     from megatron_redi.checkpointing import training as ckpt
+    from megatron_redi.platform.gpu_features import check_fp8_request
 
     init_distributed()
     validate(cfg, dist.get_world_size())
+    check_fp8_request(cfg.fp8_format, cfg.transformer_impl)
     dp = init_model_parallel(ParallelConfig(cfg.tensor_model_parallel_size, cfg.pipeline_model_parallel_size,
                                             cfg.context_parallel_size, cfg.sequence_parallel))
     set_seed(cfg.seed)

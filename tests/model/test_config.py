@@ -1,0 +1,53 @@
+"""HF config -> TransformerConfig mapping, FP8 flag plumbing, and the refusals where TE is absent."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from megatron_redi.model.config import ModelBuildConfig, Qwen2Shape, transformer_config
+from megatron_redi.platform.gpu_features import check_fp8_request
+from megatron_redi.training.arguments import parse_args
+from tests.helpers_dist import ROOT, SAMPLE, TINY, torchrun
+
+
+def test_qwen2_fields_and_overrides():
+    cfg = json.loads((TINY / "config.json").read_text())
+    s = Qwen2Shape.from_hf(cfg, rope_theta=300000, max_position_embeddings=32768)
+    assert (s.rope_theta, s.max_position_embeddings) == (300000, 32768)
+    tc = transformer_config(s, ModelBuildConfig(tensor_model_parallel_size=2))
+    assert tc.num_query_groups == cfg["num_key_value_heads"] and tc.ffn_hidden_size == cfg["intermediate_size"]
+    assert tc.add_qkv_bias and not tc.add_bias_linear and tc.gated_linear_unit and tc.normalization == "RMSNorm"
+    assert tc.layernorm_epsilon == cfg["rms_norm_eps"] and tc.kv_channels == cfg["hidden_size"] // 4
+    assert s.padded_vocab_size(2) % 256 == 0 and s.padded_vocab_size(2) >= s.vocab_size
+    with pytest.raises(ValueError, match="model_type"):
+        Qwen2Shape.from_hf(dict(cfg, model_type="llama", architectures=["LlamaForCausalLM"]))
+
+
+def test_fp8_flags_reach_megatron_config():
+    args = parse_args(["--model-config", str(TINY), "--tokenizer-model", str(TINY), "--data-path", "x.jsonl",
+                       "--train-iters", "1", "--bf16", "--fp8-format", "hybrid", "--fp8-recipe", "blockwise",
+                       "--first-last-layers-bf16"])
+    tc = transformer_config(Qwen2Shape.from_hf(TINY), ModelBuildConfig(
+        bf16=args.bf16, fp8_format=args.fp8_format, fp8_recipe=args.fp8_recipe,
+        first_last_layers_bf16=args.first_last_layers_bf16))
+    assert (tc.fp8, tc.fp8_recipe, tc.bf16, tc.params_dtype) == ("hybrid", "blockwise", True, torch.bfloat16)
+    assert tc.first_last_layers_bf16 and tc.num_layers_at_start_in_bf16 == 1 and tc.num_layers_at_end_in_bf16 == 1
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-host refusal")
+def test_fp8_and_te_refused_without_te():
+    with pytest.raises(RuntimeError, match="--fp8-format"):
+        check_fp8_request("e4m3", "auto")
+    with pytest.raises(RuntimeError, match="transformer_engine"):
+        check_fp8_request(None, "transformer_engine")
+    check_fp8_request(None, "auto")  # the default falls back to the local spec quietly
+
+
+def test_trainer_refuses_fp8_before_doing_work(tmp_path):
+    p = torchrun(ROOT / "pretrain_redi.py", ["--model-config", str(TINY), "--tokenizer-model", str(TINY),
+                                             "--data-path", str(SAMPLE / "pairs.jsonl"), "--train-iters", "1",
+                                             "--fp8-format", "e4m3", "--no-progress"], nproc=1, check=False)
+    assert p.returncode != 0 and "--fp8-format" in p.stderr and "tokenize" not in p.stderr
