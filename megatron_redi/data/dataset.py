@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
 
+import numpy as np
 from tqdm import tqdm
 
 from megatron_redi.data.batch import Example, MicroBatch, pack
@@ -79,6 +80,15 @@ def _init_worker(cfg: DataConfig) -> None:
     _ENC = ChatEncoder(load_tokenizer(cfg.tokenizer_model), cfg.tokenize)
 
 
+def _batch_ids(tok, texts: list[str]) -> list[list[int]]:
+    """Token ids of many texts in one Rust call; `encode_batch_fast` skips offsets (~1.7x faster)."""
+    backend = getattr(tok, "backend_tokenizer", None)
+    fast = getattr(backend, "encode_batch_fast", None)
+    if fast is not None:
+        return [e.ids for e in fast(texts, add_special_tokens=False)]
+    return tok(texts, add_special_tokens=False)["input_ids"]
+
+
 def _encode_chunk(rows: list[tuple[dict, str]]):
     """Parse and tokenise a chunk of rows in one batched tokenizer call. Returns units and stats, or
     the first DataError's message (raised by the parent so it names the file and row)."""
@@ -105,7 +115,7 @@ def _encode_chunk(rows: list[tuple[dict, str]]):
                 return ("error", msg if msg.startswith(where) else f"{where}: {msg}")
             parsed.append((len(texts), len(c_texts), refs))
             texts += [p_text, *c_texts]
-        ids = enc.tok(texts, add_special_tokens=False)["input_ids"] if texts else []
+        ids = _batch_ids(enc.tok, texts) if texts else []
         out = []
         eos = enc.tok.eos_token_id
         before = (enc.stats.prompts_truncated, enc.stats.sequences_truncated)
@@ -113,7 +123,9 @@ def _encode_chunk(rows: list[tuple[dict, str]]):
             prompt = enc.truncate_prompt(ids[start])
             fitted = [enc.fit(prompt, ids[start + 1 + j] + [eos]) for j in range(n_comp)]
             keep = min(len(p) for p, _ in fitted)  # one shared prompt per pair
-            out.append((prompt[len(prompt) - keep:], [c for _, c in fitted], refs))
+            # int32 arrays: pickling them back to the parent is ~50x cheaper than lists of ints
+            out.append((np.asarray(prompt[len(prompt) - keep:], dtype=np.int32),
+                        [np.asarray(c, dtype=np.int32) for _, c in fitted], refs))
         stats = (enc.stats.prompts_truncated - before[0], enc.stats.sequences_truncated - before[1])
         return ("ok", out, stats)
     except DataError as e:
