@@ -373,14 +373,13 @@ def hf_to_mcore(hf_dir: str | Path, output: str | Path, *, rope_theta: float | N
 def resolve_checkpoint_dir(load: str | Path) -> tuple[Path, Path]:
     """(folder holding metadata.json, the --load folder): a converted checkpoint, or a training --save
     folder whose newest complete iteration is used."""
-    from megatron_redi.checkpointing.training import _iter_dir, latest_iteration
+    from megatron_redi.checkpointing.training import model_checkpoint_dir
 
     root = Path(load)
     if not root.is_dir():
         raise ConversionError(f"--load {root} is not a directory")
-    it = latest_iteration(root)
-    ckpt = _iter_dir(root, it) if it is not None else root
-    if not (ckpt / "metadata.json").is_file():
+    ckpt = model_checkpoint_dir(root)
+    if ckpt is None:
         raise ConversionError(f"--load {root}: neither a dist checkpoint (no metadata.json) nor a training "
                               f"--save folder (no complete iter_* checkpoint)")
     return ckpt, root

@@ -253,6 +253,15 @@ def load_training_checkpoint(root: str | Path, model, optimizer, scheduler, cfg)
     return TrainState(iteration=meta["iteration"], consumed_samples=meta["consumed_samples"])
 
 
+def model_checkpoint_dir(root: str | Path) -> Path | None:
+    """The folder holding a dist checkpoint: `root` itself (a converted HF model) or the newest complete
+    iteration of a training --save folder; None if there is neither."""
+    root = Path(root)
+    it = latest_iteration(root)
+    ckpt = _iter_dir(root, it) if it is not None else root
+    return ckpt if (ckpt / "metadata.json").is_file() else None
+
+
 def load_pretrained(path: str | Path, model, shape, cfg) -> None:
     """Weights only (fresh optimizer and counters) from a converted HF checkpoint or a training one."""
     from megatron.core import dist_checkpointing
@@ -260,10 +269,9 @@ def load_pretrained(path: str | Path, model, shape, cfg) -> None:
     p = Path(path)
     if not p.exists():
         raise FileNotFoundError(f"--pretrained-checkpoint: {p} does not exist")
-    it = latest_iteration(p)
-    ckpt_dir = _iter_dir(p, it) if it is not None else p
-    if not (ckpt_dir / "metadata.json").is_file():
-        raise FileNotFoundError(f"--pretrained-checkpoint: {ckpt_dir} is not a megatron dist checkpoint "
+    ckpt_dir = model_checkpoint_dir(p)
+    if ckpt_dir is None:
+        raise FileNotFoundError(f"--pretrained-checkpoint: {p} is not a megatron dist checkpoint "
                                 f"(convert HF weights with tools/convert_checkpoint.py hf-to-mcore)")
     bare = unwrap(model)
     loaded = dist_checkpointing.load({"model": bare.sharded_state_dict()}, str(ckpt_dir))

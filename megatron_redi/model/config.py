@@ -78,18 +78,12 @@ class Qwen2Shape:
 
     def check_parallel(self, tp: int, pp: int) -> None:
         """Fail early, naming the flag, when a layout cannot split this model."""
-        if self.num_attention_heads % tp:
-            raise ValueError(f"--tensor-model-parallel-size {tp} does not divide num_attention_heads "
-                             f"{self.num_attention_heads} ({self.source})")
-        if self.num_key_value_heads % tp:
-            raise ValueError(f"--tensor-model-parallel-size {tp} does not divide num_key_value_heads "
-                             f"{self.num_key_value_heads} ({self.source})")
-        if self.intermediate_size % tp:
-            raise ValueError(f"--tensor-model-parallel-size {tp} does not divide intermediate_size "
-                             f"{self.intermediate_size} ({self.source})")
-        if self.num_hidden_layers % pp:
-            raise ValueError(f"--pipeline-model-parallel-size {pp} does not divide num_hidden_layers "
-                             f"{self.num_hidden_layers} ({self.source})")
+        checks = [("--tensor-model-parallel-size", tp, name) for name in
+                  ("num_attention_heads", "num_key_value_heads", "intermediate_size")]
+        checks.append(("--pipeline-model-parallel-size", pp, "num_hidden_layers"))
+        for flag, size, name in checks:
+            if getattr(self, name) % size:
+                raise ValueError(f"{flag} {size} does not divide {name} {getattr(self, name)} ({self.source})")
 
     def to_hf_dict(self) -> dict:
         return {
