@@ -36,7 +36,8 @@ def _chunk_stats(h, weight, labels, vocab_start, vocab_end, true_vocab, group):
 def _chunk_grads(h, weight, logits, lse, labels, g, vocab_start):
     """Gradients of sum_t g_t * logp_t for one chunk: d logp / d logits = onehot(label) - softmax."""
     vocab_end = vocab_start + weight.shape[0]
-    grad_logits = torch.exp(logits - lse[:, None]).mul_(-g[:, None])
+    # in place: `logits` is consumed here, so the chunk needs no second [c, v] buffer
+    grad_logits = logits.sub_(lse[:, None]).exp_().mul_(-g[:, None])
     in_range = (labels >= vocab_start) & (labels < vocab_end)
     rows = torch.nonzero(in_range).squeeze(1)
     grad_logits[rows, labels[rows] - vocab_start] += g[rows]
@@ -83,28 +84,26 @@ class _ChunkedLogprob(torch.autograd.Function):
                 grad_w += gw
             del logits
         ctx.chunk, ctx.vocab_start, ctx.true_vocab, ctx.group = chunk, vocab_start, true_vocab, group
-        ctx.fused = fused
-        if fused:
-            ctx.save_for_backward(hidden, weight, labels, lse_all, token_weights, grad_h, grad_w)
-        else:
-            ctx.save_for_backward(hidden, weight, labels, lse_all)
+        ctx.save_for_backward(hidden, weight, labels, lse_all, token_weights if fused else None)
+        # kept off save_for_backward: they are scaled in place and released by the first backward
+        ctx.pre = (grad_h, grad_w) if fused else None
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
-        if ctx.fused:
-            hidden, weight, labels, lse_all, w, pre_h, pre_w = ctx.saved_tensors
+        hidden, weight, labels, lse_all, w = ctx.saved_tensors
+        if ctx.pre is not None:
+            pre_h, pre_w = ctx.pre
             # use the precomputed gradients iff the incoming gradient is a multiple of the weights
             # (always, for a linear objective); anything else falls back to exact recomputation
             w32, g32 = w.float(), grad_out.float()
             denom = (w32 * w32).sum()
             c = (g32 * w32).sum() / denom if denom > 0 else g32.new_zeros(())
+            ctx.pre = None  # a second backward (retained graph) recomputes
             if torch.allclose(g32, c * w32, rtol=1e-5, atol=1e-12 + 1e-6 * float(g32.abs().max())):
                 BACKWARD_PATHS["fused"] += 1
-                return ((pre_h * c).to(hidden.dtype), (pre_w * c).to(weight.dtype),
+                return (pre_h.mul_(c).to(hidden.dtype), pre_w.mul_(c).to(weight.dtype),
                         None, None, None, None, None, None)
-        else:
-            hidden, weight, labels, lse_all = ctx.saved_tensors
         BACKWARD_PATHS["recompute"] += 1
         grad_h = torch.zeros_like(hidden) if ctx.needs_input_grad[0] else None
         grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)

@@ -131,3 +131,18 @@ def test_redi_alpha_zero_is_sft_on_chosen(megatron_world):
     for a, p in zip(g1, model.parameters()):
         assert torch.allclose(a, p.grad, rtol=1e-4, atol=1e-7)
     model.zero_grad()
+
+
+def test_fused_gradients_survive_a_second_backward(megatron_world):
+    """The fused path scales its stored gradients in place; a retained graph's second backward must
+    recompute instead of reusing them."""
+    torch.manual_seed(1)
+    hid = torch.randn(9, 1, 6, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(20, 6, dtype=torch.float64, requires_grad=True)
+    labels = torch.randint(0, 20, (9, 1))
+    g = torch.randn(9, 1, dtype=torch.float64)
+    out = vocab_parallel_logprobs(hid, w, labels, true_vocab_size=20, chunk_size=4, token_weights=g)
+    (out * g * 2).sum().backward(retain_graph=True)
+    first = w.grad.clone()
+    (out * g * 2).sum().backward()
+    assert torch.allclose(w.grad, 2 * first, atol=1e-10)

@@ -56,7 +56,9 @@ def test_dpo_from_its_own_reference_starts_at_ln2(tmp_path):
     metrics = tmp_path / "m.jsonl"
     torchrun(ROOT / "pretrain_redi.py", [*ARGS, "--data-path", str(tmp_path / "ref.jsonl"), "--loss-type", "dpo",
                                          "--global-batch-size", "4", "--micro-batch-size", "1", "--train-iters",
-                                         "1", "--metrics-file", str(metrics)], nproc=2)
+                                         "1", "--metrics-file", str(metrics), "--tensorboard-dir",
+                                         str(tmp_path / "tb")], nproc=2)
+    assert list((tmp_path / "tb").glob("events.out.tfevents.*"))  # TensorBoard scalars were written
     rec = read_jsonl(metrics)[0]
     assert math.isclose(rec["loss"], math.log(2), rel_tol=1e-6)
     assert abs(rec["margin"]) < 1e-9
