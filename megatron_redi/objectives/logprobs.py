@@ -33,8 +33,9 @@ def _chunk_stats(h, weight, labels, vocab_start, vocab_end, true_vocab, group):
     return logits, lse, tgt, in_range, local_idx
 
 
-def _chunk_grads(h, weight, logits, lse, labels, g, vocab_start):
-    """Gradients of sum_t g_t * logp_t for one chunk: d logp / d logits = onehot(label) - softmax."""
+def _chunk_grads(h, weight, logits, lse, labels, g, vocab_start, grad_w):
+    """Gradients of sum_t g_t * logp_t for one chunk: d logp / d logits = onehot(label) - softmax.
+    Returns the hidden-state gradient; the weight gradient is accumulated into `grad_w` (fp32)."""
     vocab_end = vocab_start + weight.shape[0]
     # in place: `logits` is consumed here, so the chunk needs no second [c, v] buffer
     grad_logits = logits.sub_(lse[:, None]).exp_().mul_(-g[:, None])
@@ -42,7 +43,11 @@ def _chunk_grads(h, weight, logits, lse, labels, g, vocab_start):
     rows = torch.nonzero(in_range).squeeze(1)
     grad_logits[rows, labels[rows] - vocab_start] += g[rows]
     grad_logits = grad_logits.to(weight.dtype)
-    return torch.matmul(grad_logits, weight), torch.matmul(grad_logits.t(), h).float()
+    if grad_w.dtype == grad_logits.dtype:
+        grad_w.addmm_(grad_logits.t(), h)  # no [v, h] temporary
+    else:
+        grad_w += torch.matmul(grad_logits.t(), h).float()
+    return torch.matmul(grad_logits, weight)
 
 
 def _masked_logits(h, weight, vocab_start, true_vocab):
@@ -78,10 +83,9 @@ class _ChunkedLogprob(torch.autograd.Function):
             out[s:e] = tgt - lse
             lse_all[s:e] = lse
             if fused and bool((token_weights[s:e] != 0).any()):
-                gh, gw = _chunk_grads(hidden[s:e], weight, logits, lse, labels[s:e],
-                                      token_weights[s:e].float(), vocab_start)
+                gh = _chunk_grads(hidden[s:e], weight, logits, lse, labels[s:e],
+                                  token_weights[s:e].float(), vocab_start, grad_w)
                 grad_h[s:e] = gh.to(hidden.dtype)
-                grad_w += gw
             del logits
         ctx.chunk, ctx.vocab_start, ctx.true_vocab, ctx.group = chunk, vocab_start, true_vocab, group
         ctx.save_for_backward(hidden, weight, labels, lse_all, token_weights if fused else None)
@@ -114,10 +118,9 @@ class _ChunkedLogprob(torch.autograd.Function):
                 continue  # prompt-only chunk: no gradient flows through it
             h = hidden[s:e]
             logits = _masked_logits(h, weight, ctx.vocab_start, ctx.true_vocab)
-            gh, gw = _chunk_grads(h, weight, logits, lse_all[s:e], labels[s:e], g, ctx.vocab_start)
+            gh = _chunk_grads(h, weight, logits, lse_all[s:e], labels[s:e], g, ctx.vocab_start, grad_w)
             if grad_h is not None:
                 grad_h[s:e] = gh.to(hidden.dtype)
-            grad_w += gw
         # grad_h is partial over vocab shards: summed over TP by the caller's region op.
         return grad_h, grad_w.to(weight.dtype), None, None, None, None, None, None
 
