@@ -127,7 +127,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--save", default=None)
     g.add_argument("--save-interval", type=int, default=None)
     g.add_argument("--load", default=None)
-    g.add_argument("--pretrained-checkpoint", default=None)
+    g.add_argument("--pretrained-checkpoint", default=None,
+                   help="weights to start from when --load holds no checkpoint yet (so a requeued job can "
+                        "rerun the same command)")
     g.add_argument("--keep-last", type=int, default=None)
     g.add_argument("--exit-interval", type=int, default=None,
                    help="save (if --save) and exit after an iteration divisible by this")
@@ -165,8 +167,6 @@ def validate(cfg: TrainConfig, world_size: int | None = None) -> None:
         raise ValueError(f"--micro-batch-tokens must be >= 1, got {cfg.micro_batch_tokens}")
     if cfg.save_interval is not None and not cfg.save:
         raise ValueError("--save-interval needs --save DIR")
-    if cfg.load and cfg.pretrained_checkpoint:
-        raise ValueError("--load resumes a run, --pretrained-checkpoint starts one: give only one")
     if world_size is not None:
         mp = cfg.tensor_model_parallel_size * cfg.pipeline_model_parallel_size * cfg.context_parallel_size
         if mp < 1 or world_size % mp:

@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Qwen2.5-Math-1.5B recipe.
+# Baseline: symmetric REDI (alpha 1, lr 2e-7) from the Stage 1 checkpoint; otherwise as 03_redi.
+#
+# Usage: [SFT_EPOCHS=5] [DRY_RUN=1] ./03_redi_symmetric.sh [extra pretrain_redi.py flags]
+# Runs one node, torchrun with GPUS_PER_NODE processes; on SLURM use 03_redi_symmetric.sbatch.
+# Paths and parallel layouts: config.sh. The command line itself: ../common.sh.
+set -euo pipefail
+# shellcheck source=examples/qwen2.5_math_1.5b/config.sh
+source "$(dirname "${BASH_SOURCE[0]}")/config.sh"
+pair_args redi_sym "$@"
+torchrun_launch "$REDI_ROOT/pretrain_redi.py" "${ARGS[@]}"
