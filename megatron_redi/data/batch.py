@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
+import numpy as np
 import torch
 
 
@@ -78,33 +79,35 @@ def pack(examples: list[Example], pad_to_multiple: int = 1, pad_id: int = 0) -> 
     doc_pair, doc_chosen, doc_len, refs = [], [], [], []
     d = 0
     for u, ex in enumerate(examples):
+        prompt = np.asarray(ex.prompt, dtype=np.int64)
         for j, comp in enumerate(ex.completions):
-            ids = ex.prompt + comp
-            n = len(ids)
-            toks += ids
-            labels += ids[1:] + [pad_id]
-            # label at position i is ids[i+1]; it is a completion token iff i+1 >= len(prompt)
-            mask += [0.0] * (len(ex.prompt) - 1) + [1.0] * len(comp) + [0.0]
-            pos += list(range(n))
-            seg += [d] * n
+            ids = np.concatenate([prompt, np.asarray(comp, dtype=np.int64)])
+            n, p = ids.size, prompt.size
+            toks.append(ids)
+            labels.append(np.append(ids[1:], pad_id))
+            # the label at position i is ids[i+1]: a completion token iff i+1 >= len(prompt)
+            m = np.zeros(n, dtype=np.float32)
+            m[p - 1 : n - 1] = 1.0
+            mask.append(m)
+            pos.append(np.arange(n))
+            seg.append(np.full(n, d))
             doc_pair.append(u)
             doc_chosen.append(j == 0)
             doc_len.append(float(len(comp)))
             if ex.ref_logps is not None:
                 refs.append(ex.ref_logps[j])
             d += 1
-    real = len(toks)
-    padded = -(-real // pad_to_multiple) * pad_to_multiple
-    pad = padded - real
+    real = int(sum(t.size for t in toks))
+    pad = -(-real // pad_to_multiple) * pad_to_multiple - real
     if pad:
-        toks += [pad_id] * pad
-        labels += [pad_id] * pad
-        mask += [0.0] * pad
-        pos += list(range(pad))
-        seg += [-1] * pad
+        toks.append(np.full(pad, pad_id))
+        labels.append(np.full(pad, pad_id))
+        mask.append(np.zeros(pad, dtype=np.float32))
+        pos.append(np.arange(pad))
+        seg.append(np.full(pad, -1))
 
-    def row(x, dtype):
-        return torch.tensor(x, dtype=dtype).unsqueeze(0)
+    def row(parts, dtype):
+        return torch.from_numpy(np.concatenate(parts)).to(dtype).unsqueeze(0)
 
     return MicroBatch(
         tokens=row(toks, torch.long), labels=row(labels, torch.long), loss_mask=row(mask, torch.float32),
