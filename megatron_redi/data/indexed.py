@@ -39,7 +39,9 @@ class TokenizedDataset:
     def _span(self, start: int, length: int) -> list[int]:
         return self.tokens[start : start + length].tolist()
 
-    def __getitem__(self, i: int) -> Example:
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
         u = self.units[i]
         comps = [self._span(u[2], u[3])]
         if u[5] >= 0:
