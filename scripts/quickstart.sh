@@ -13,7 +13,7 @@ export HF_DATASETS_OFFLINE=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false OMP_N
 rm -rf "$OUT"; mkdir -p "$OUT"
 cd "$ROOT"
 COMMON=(--model-config "$ASSETS/tiny_qwen2" --tokenizer-model "$ASSETS/tiny_qwen2" --seq-length 1024
-        --micro-batch-size 2 --seed 42 --log-interval 5)
+        --micro-batch-size 2 --seed 42 --log-interval 2)
 
 echo "== Stage 1: SFT on positive traces (TP2)"
 "$PY" -m torch.distributed.run --nproc-per-node 2 --master-port "${MASTER_PORT:-29531}" pretrain_redi.py \

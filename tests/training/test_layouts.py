@@ -18,6 +18,7 @@ LAYOUTS = {
     "cp2": ["--context-parallel-size", "2"],
     "dp2": [],
     "dp2_distopt": ["--use-distributed-optimizer"],
+    "dp2_recompute": ["--recompute-activations"],
 }
 
 
