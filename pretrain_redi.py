@@ -14,19 +14,18 @@ from functools import partial
 
 from megatron_redi.data.dataset import DataConfig, load_examples
 from megatron_redi.data.tokenize import TokenizeConfig
-from megatron_redi.training.arguments import TrainConfig, parse_args
+from megatron_redi.training.arguments import TrainConfig, model_shape, parse_args
 
 _CFG: TrainConfig | None = None
 
 
 def model_provider(pre_process: bool = True, post_process: bool = True, vp_stage=None):
     """This rank's pipeline stage of the Qwen2 model described by --model-config."""
-    from megatron_redi.model.config import ModelBuildConfig, Qwen2Shape
+    from megatron_redi.model.config import ModelBuildConfig
     from megatron_redi.model.provider import build_model
 
     cfg = _CFG
-    shape = Qwen2Shape.from_hf(cfg.model_config, rope_theta=cfg.rope_theta,
-                               max_position_embeddings=cfg.max_position_embeddings)
+    shape = model_shape(cfg)
     build = ModelBuildConfig(
         tensor_model_parallel_size=cfg.tensor_model_parallel_size,
         pipeline_model_parallel_size=cfg.pipeline_model_parallel_size,

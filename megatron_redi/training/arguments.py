@@ -63,6 +63,14 @@ class TrainConfig:
     no_progress: bool = False
 
 
+def model_shape(cfg: TrainConfig):
+    """The Qwen2 shape from --model-config with the --rope-theta / --max-position-embeddings overrides."""
+    from megatron_redi.model.config import Qwen2Shape
+
+    return Qwen2Shape.from_hf(cfg.model_config, rope_theta=cfg.rope_theta,
+                              max_position_embeddings=cfg.max_position_embeddings)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="REDI / SFT / SimPO / DPO post-training on megatron-core",
                                 allow_abbrev=False)

@@ -19,7 +19,6 @@ from tqdm import tqdm
 from megatron_redi.data.batch import MicroBatch
 from megatron_redi.data.dataset import make_micro_batches, make_packed_micro_batches, pad_multiple
 from megatron_redi.data.sampler import GlobalBatchSampler
-from megatron_redi.model.config import Qwen2Shape
 from megatron_redi.platform.distributed import (
     ParallelConfig,
     device,
@@ -27,7 +26,7 @@ from megatron_redi.platform.distributed import (
     init_model_parallel,
     set_seed,
 )
-from megatron_redi.training.arguments import TrainConfig, validate
+from megatron_redi.training.arguments import TrainConfig, model_shape, validate
 from megatron_redi.training.metrics import MetricsLogger, model_flops, peak_tflops
 from megatron_redi.training.optimizer import build_optimizer
 from megatron_redi.training.signals import ExitSignalHandler
@@ -100,8 +99,7 @@ def pretrain(cfg: TrainConfig, model_provider: Callable, forward_step_func: Call
     dp = init_model_parallel(ParallelConfig(cfg.tensor_model_parallel_size, cfg.pipeline_model_parallel_size,
                                             cfg.context_parallel_size, cfg.sequence_parallel))
     set_seed(cfg.seed)
-    shape = Qwen2Shape.from_hf(cfg.model_config, rope_theta=cfg.rope_theta,
-                               max_position_embeddings=cfg.max_position_embeddings)
+    shape = model_shape(cfg)
     shape.check_parallel(cfg.tensor_model_parallel_size, cfg.pipeline_model_parallel_size)
     log_rank = is_logging_rank()
     examples, data_stats = dataset_provider(cfg, progress=log_rank and not cfg.no_progress)

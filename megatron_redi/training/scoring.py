@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from megatron_redi.data.dataset import make_micro_batches, pad_multiple
 from megatron_redi.data.schema import iter_rows
-from megatron_redi.training.arguments import TrainConfig
+from megatron_redi.training.arguments import TrainConfig, model_shape
 from megatron_redi.training.loop import StepInput, build_ddp_model, is_logging_rank
 
 
@@ -26,7 +26,6 @@ def score_pairs(cfg: TrainConfig, model_provider, dataset_provider, batch_pairs:
     from megatron.core.pipeline_parallel import get_forward_backward_func
 
     from megatron_redi.checkpointing.training import load_pretrained, unwrap
-    from megatron_redi.model.config import Qwen2Shape
     from megatron_redi.objectives.compute import document_sums
     from megatron_redi.platform.distributed import (
         ParallelConfig,
@@ -40,8 +39,7 @@ def score_pairs(cfg: TrainConfig, model_provider, dataset_provider, batch_pairs:
     dp = init_model_parallel(ParallelConfig(cfg.tensor_model_parallel_size, cfg.pipeline_model_parallel_size,
                                             cfg.context_parallel_size, cfg.sequence_parallel))
     set_seed(cfg.seed)
-    shape = Qwen2Shape.from_hf(cfg.model_config, rope_theta=cfg.rope_theta,
-                               max_position_embeddings=cfg.max_position_embeddings)
+    shape = model_shape(cfg)
     examples, _ = dataset_provider(cfg, progress=is_logging_rank() and not cfg.no_progress)
     model = build_ddp_model(cfg, model_provider)
     if cfg.pretrained_checkpoint:
