@@ -19,35 +19,42 @@ def _tp_all_reduce(t: torch.Tensor, op, group) -> torch.Tensor:
 
 
 def _chunk_stats(h, weight, labels, vocab_start, vocab_end, true_vocab, group):
-    """fp32 logits of one chunk plus (lse, target logit); padded vocab rows are masked out."""
+    """One chunk's (exp(logits - max), sum of those, log-sum-exp, target logit), vocab-parallel.
+
+    The fp32 logits buffer is turned into exp(logits - max) in place, so a chunk costs one [c, v]
+    fp32 buffer, and the gradient pass can reuse it instead of exponentiating again."""
     logits = _masked_logits(h, weight, vocab_start, true_vocab)  # [c, v_local]
-    local_max = logits.max(dim=-1).values
-    gmax = _tp_all_reduce(local_max.clone(), dist.ReduceOp.MAX, group)
-    sumexp = torch.exp(logits - gmax[:, None]).sum(-1)
-    sumexp = _tp_all_reduce(sumexp, dist.ReduceOp.SUM, group)
-    lse = gmax + torch.log(sumexp)
     in_range = (labels >= vocab_start) & (labels < vocab_end)
     local_idx = (labels - vocab_start).clamp(0, weight.shape[0] - 1)
-    tgt = torch.where(in_range, logits.gather(1, local_idx[:, None]).squeeze(1), torch.zeros_like(lse))
+    tgt = torch.where(in_range, logits.gather(1, local_idx[:, None]).squeeze(1), torch.zeros((), device=h.device))
+    gmax = _tp_all_reduce(logits.max(dim=-1).values, dist.ReduceOp.MAX, group)
+    expd = logits.sub_(gmax[:, None]).exp_()
+    sumexp = _tp_all_reduce(expd.sum(-1), dist.ReduceOp.SUM, group)
+    lse = gmax + torch.log(sumexp)
     tgt = _tp_all_reduce(tgt, dist.ReduceOp.SUM, group)
-    return logits, lse, tgt, in_range, local_idx
+    return expd, sumexp, lse, tgt
 
 
-def _chunk_grads(h, weight, logits, lse, labels, g, vocab_start, grad_w):
-    """Gradients of sum_t g_t * logp_t for one chunk: d logp / d logits = onehot(label) - softmax.
-    Returns the hidden-state gradient; the weight gradient is accumulated into `grad_w` (fp32)."""
+def _chunk_grads(h, weight, expd, norm, labels, g, vocab_start, grad_w):
+    """Gradients of sum_t g_t * logp_t for one chunk: d logp / d logits = onehot(label) - softmax,
+    with softmax = expd / norm (consumed in place). Returns the hidden-state gradient; the weight
+    gradient is accumulated into `grad_w`. No host synchronisation (GPU-friendly)."""
     vocab_end = vocab_start + weight.shape[0]
-    # in place: `logits` is consumed here, so the chunk needs no second [c, v] buffer
-    grad_logits = logits.sub_(lse[:, None]).exp_().mul_(-g[:, None])
+    grad_logits = expd.mul_((-g / norm)[:, None])
     in_range = (labels >= vocab_start) & (labels < vocab_end)
-    rows = torch.nonzero(in_range).squeeze(1)
-    grad_logits[rows, labels[rows] - vocab_start] += g[rows]
+    local_idx = (labels - vocab_start).clamp(0, weight.shape[0] - 1)
+    grad_logits.scatter_add_(1, local_idx[:, None], (g * in_range)[:, None])
     grad_logits = grad_logits.to(weight.dtype)
     if grad_w.dtype == grad_logits.dtype:
         grad_w.addmm_(grad_logits.t(), h)  # no [v, h] temporary
     else:
         grad_w += torch.matmul(grad_logits.t(), h).float()
     return torch.matmul(grad_logits, weight)
+
+
+def _has_gradient(g: torch.Tensor) -> bool:
+    """Skip prompt-only chunks on CPU; on GPU the check would cost a host sync per chunk."""
+    return g.device.type != "cpu" or bool((g != 0).any())
 
 
 def _masked_logits(h, weight, vocab_start, true_vocab):
@@ -78,15 +85,15 @@ class _ChunkedLogprob(torch.autograd.Function):
             grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
         for s in range(0, hidden.shape[0], chunk):
             e = min(s + chunk, hidden.shape[0])
-            logits, lse, tgt, _, _ = _chunk_stats(hidden[s:e], weight, labels[s:e], vocab_start, vocab_end,
+            expd, sumexp, lse, tgt = _chunk_stats(hidden[s:e], weight, labels[s:e], vocab_start, vocab_end,
                                                   true_vocab, group)
             out[s:e] = tgt - lse
             lse_all[s:e] = lse
-            if fused and bool((token_weights[s:e] != 0).any()):
-                gh = _chunk_grads(hidden[s:e], weight, logits, lse, labels[s:e],
+            if fused and _has_gradient(token_weights[s:e]):
+                gh = _chunk_grads(hidden[s:e], weight, expd, sumexp, labels[s:e],
                                   token_weights[s:e].float(), vocab_start, grad_w)
                 grad_h[s:e] = gh.to(hidden.dtype)
-            del logits
+            del expd
         ctx.chunk, ctx.vocab_start, ctx.true_vocab, ctx.group = chunk, vocab_start, true_vocab, group
         ctx.save_for_backward(hidden, weight, labels, lse_all, token_weights if fused else None)
         # kept off save_for_backward: they are scaled in place and released by the first backward
@@ -114,11 +121,11 @@ class _ChunkedLogprob(torch.autograd.Function):
         for s in range(0, hidden.shape[0], ctx.chunk):
             e = min(s + ctx.chunk, hidden.shape[0])
             g = grad_out[s:e].float()
-            if not bool((g != 0).any()):
+            if not _has_gradient(g):
                 continue  # prompt-only chunk: no gradient flows through it
             h = hidden[s:e]
-            logits = _masked_logits(h, weight, ctx.vocab_start, ctx.true_vocab)
-            gh = _chunk_grads(h, weight, logits, lse_all[s:e], labels[s:e], g, ctx.vocab_start, grad_w)
+            expd = _masked_logits(h, weight, ctx.vocab_start, ctx.true_vocab).sub_(lse_all[s:e, None]).exp_()
+            gh = _chunk_grads(h, weight, expd, torch.ones_like(g), labels[s:e], g, ctx.vocab_start, grad_w)
             if grad_h is not None:
                 grad_h[s:e] = gh.to(hidden.dtype)
         # grad_h is partial over vocab shards: summed over TP by the caller's region op.
