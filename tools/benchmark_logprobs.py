@@ -48,8 +48,9 @@ def run_variant(variant: str, seq: int, hidden: int, vocab: int, dev: str, chunk
     mb = pack([Example(ids[:prompt], [ids[prompt : prompt + half], ids[prompt + half : prompt + 2 * half]])])
     mb = mb.to(dev)
     s = mb.tokens.shape[1]
-    hid = (torch.randn(s, 1, hidden, generator=g) * 0.5).to(dev, dtype).requires_grad_(True)
-    w = (torch.randn(vocab, hidden, generator=g) * 0.02).to(dev, dtype).requires_grad_(True)
+    # built in place: a transient copy here would raise the baseline peak and hide real growth later
+    hid = torch.randn(s, 1, hidden, generator=g).mul_(0.5).to(dev, dtype).requires_grad_(True)
+    w = torch.randn(vocab, hidden, generator=g).mul_(0.02).to(dev, dtype).requires_grad_(True)
     obj = ObjectiveConfig("redi")
     if dev == "cuda":
         torch.cuda.synchronize()
