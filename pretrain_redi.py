@@ -69,13 +69,7 @@ def forward_step(data_iterator, model):
     bare = unwrap(model)
     if bare.post_process:
         bare.pending_token_weights = linear_token_weights(mb, _CFG.objective, item.global_units)
-    if bare.transformer_impl == "transformer_engine":
-        from megatron_redi.model.gpt import thd_params
-
-        psp = thd_params(item.batch.cu_seqlens().to(device()))
-        output = model(mb.tokens, mb.position_ids, None, labels=mb.labels, packed_seq_params=psp)
-    else:
-        output = model(mb.tokens, mb.position_ids, mb.segment_ids, labels=mb.labels)
+    output = model(mb.tokens, mb.position_ids, mb.segment_ids, labels=mb.labels)
     return output, partial(loss_func, mb, item.global_units)
 
 

@@ -53,7 +53,6 @@ def _peak_gb():
 
 
 def bench_ours(cfg_dict, total, steps, warmup, bf16, recompute, chunk=1024, profile=False):
-    from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig, finalize_model_grads
     from megatron.core.pipeline_parallel import get_forward_backward_func
 
     from megatron_redi.data.batch import Example, pack
@@ -63,17 +62,16 @@ def bench_ours(cfg_dict, total, steps, warmup, bf16, recompute, chunk=1024, prof
     from megatron_redi.objectives.losses import ObjectiveConfig
     from megatron_redi.platform.distributed import device
     from megatron_redi.training.arguments import TrainConfig
+    from megatron_redi.training.loop import build_ddp_model
     from megatron_redi.training.optimizer import build_optimizer
 
     shape = Qwen2Shape.from_hf(cfg_dict)
-    model = build_model(shape, ModelBuildConfig(bf16=bf16, fast_init=torch.cuda.is_available(),
-                                                recompute_granularity="full" if recompute else None,
-                                                logprob_chunk_size=chunk))
-    ddp = DistributedDataParallel(config=model.config, ddp_config=DistributedDataParallelConfig(
-        grad_reduce_in_fp32=True, use_distributed_optimizer=False), module=model)
-    model.config.no_sync_func = ddp.no_sync
-    model.config.finalize_model_grads_func = lambda m, num_tokens=None, **k: finalize_model_grads(m, None)
-    opt, sched = build_optimizer(TrainConfig(lr=1e-6, bf16=bf16, train_iters=10), [ddp], 10)
+    build = ModelBuildConfig(bf16=bf16, fast_init=torch.cuda.is_available(),
+                             recompute_granularity="full" if recompute else None, logprob_chunk_size=chunk)
+    tcfg = TrainConfig(lr=1e-6, bf16=bf16, train_iters=10)
+    ddp = build_ddp_model(tcfg, lambda pre_process, post_process: build_model(shape, build))
+    model = ddp.module
+    opt, sched = build_optimizer(tcfg, [ddp], 10)
     p, c, r = _pair(total, shape.vocab_size)
     mb = pack([Example(p, [c, r])]).to(device())
     obj = ObjectiveConfig("redi")

@@ -67,6 +67,21 @@ def _rng_state() -> dict:
     return st
 
 
+def _rng_sharded(value):
+    """This rank's RNG states as one object per (PP, TP, CP, DP) position of the layout."""
+    from megatron.core import parallel_state as ps
+    from megatron.core.dist_checkpointing.mapping import ShardedObject
+
+    return ShardedObject(
+        "rng_state", value,
+        (ps.get_pipeline_model_parallel_world_size(), ps.get_tensor_model_parallel_world_size(),
+         ps.get_context_parallel_world_size(), ps.get_data_parallel_world_size()),
+        (ps.get_pipeline_model_parallel_rank(), ps.get_tensor_model_parallel_rank(),
+         ps.get_context_parallel_rank(), ps.get_data_parallel_rank()),
+        replica_id=0,
+    )
+
+
 def _set_rng_state(st: dict) -> None:
     random.setstate(st["random"])
     np.random.set_state(st["np"])
@@ -92,9 +107,13 @@ def _opt_metadata(cfg) -> dict | None:
     return {"distrib_optim_sharding_type": "fully_reshardable"} if cfg.use_distributed_optimizer else None
 
 
+def _chained(optimizer) -> list:
+    """The megatron optimizers behind a possibly chained optimizer."""
+    return getattr(optimizer, "chained_optimizers", None) or [optimizer]
+
+
 def _inner_torch_optimizers(optimizer) -> list:
-    opts = getattr(optimizer, "chained_optimizers", None) or [optimizer]
-    return [o.optimizer for o in opts if getattr(o, "optimizer", None) is not None]
+    return [o.optimizer for o in _chained(optimizer) if getattr(o, "optimizer", None) is not None]
 
 
 def _prime_adam_state(optimizer) -> None:
@@ -116,7 +135,7 @@ def _load_optimizer_state(optimizer, state) -> None:
     no per-parameter 'step' (KeyError 'step'). Hide 'step' during the copy; _fix_adam_steps restores
     it. Scoped to this call, on this optimizer instance only."""
     undo = []
-    for o in getattr(optimizer, "chained_optimizers", None) or [optimizer]:
+    for o in _chained(optimizer):
         orig = getattr(o, "_set_main_param_and_optimizer_states", None)
         if orig is None or not hasattr(o, "model_param_group_index_map"):
             continue
@@ -173,8 +192,6 @@ def _sharded_state(model, optimizer, cfg, is_loading: bool) -> dict:
 
 def save_training_checkpoint(root: str | Path, model, optimizer, scheduler, state, cfg) -> Path:
     from megatron.core import dist_checkpointing
-    from megatron.core import parallel_state as ps
-    from megatron.core.dist_checkpointing.mapping import ShardedObject
 
     root = Path(root)
     final = _iter_dir(root, state.iteration)
@@ -192,14 +209,7 @@ def save_training_checkpoint(root: str | Path, model, optimizer, scheduler, stat
 
     sd = _sharded_state(model, optimizer, cfg, is_loading=False)
     # per-rank RNG states, restored only when the layout is unchanged
-    sd["rng_state"] = ShardedObject(
-        "rng_state", _rng_state(),
-        (ps.get_pipeline_model_parallel_world_size(), ps.get_tensor_model_parallel_world_size(),
-         ps.get_context_parallel_world_size(), ps.get_data_parallel_world_size()),
-        (ps.get_pipeline_model_parallel_rank(), ps.get_tensor_model_parallel_rank(),
-         ps.get_context_parallel_rank(), ps.get_data_parallel_rank()),
-        replica_id=0,
-    )
+    sd["rng_state"] = _rng_sharded(_rng_state())
     dist_checkpointing.save(sd, str(tmp))
     dist.barrier()
     if rank == 0:
@@ -224,8 +234,6 @@ def save_training_checkpoint(root: str | Path, model, optimizer, scheduler, stat
 def load_training_checkpoint(root: str | Path, model, optimizer, scheduler, cfg):
     """Resume model, optimizer, scheduler, counters and (same layout only) RNG states."""
     from megatron.core import dist_checkpointing
-    from megatron.core import parallel_state as ps
-    from megatron.core.dist_checkpointing.mapping import ShardedObject
 
     from megatron_redi.training.loop import TrainState
 
@@ -235,14 +243,7 @@ def load_training_checkpoint(root: str | Path, model, optimizer, scheduler, cfg)
     same_layout = meta["layout"] == _layout(cfg)
     sd = _sharded_state(model, optimizer, cfg, is_loading=True)
     if same_layout:
-        sd["rng_state"] = ShardedObject(
-            "rng_state", None,
-            (ps.get_pipeline_model_parallel_world_size(), ps.get_tensor_model_parallel_world_size(),
-             ps.get_context_parallel_world_size(), ps.get_data_parallel_world_size()),
-            (ps.get_pipeline_model_parallel_rank(), ps.get_tensor_model_parallel_rank(),
-             ps.get_context_parallel_rank(), ps.get_data_parallel_rank()),
-            replica_id=0,
-        )
+        sd["rng_state"] = _rng_sharded(None)
     loaded = dist_checkpointing.load(sd, str(path))
     unwrap(model).load_state_dict(loaded["model"])
     _load_optimizer_state(optimizer, loaded["optimizer"])

@@ -42,15 +42,6 @@ class MicroBatch:
     num_units: int = 0  # pairs (or SFT documents) in this micro-batch
     num_real_tokens: int = 0
 
-    def cu_seqlens(self) -> torch.Tensor:
-        """Cumulative document boundaries of row 0 (int32), padding counted as one more document:
-        the THD description Transformer Engine's attention takes instead of segment ids."""
-        assert self.segment_ids.shape[0] == 1, "THD packing needs one packed row per micro-batch"
-        seg = self.segment_ids[0]
-        change = torch.nonzero(seg[1:] != seg[:-1]).flatten() + 1
-        ends = torch.cat([change, torch.tensor([seg.numel()], device=seg.device)])
-        return torch.cat([torch.zeros(1, dtype=torch.int32, device=seg.device), ends.to(torch.int32)])
-
     def to(self, device) -> MicroBatch:
         kw = {}
         for f in fields(self):

@@ -105,11 +105,7 @@ def _encode_chunk(rows: list[tuple[dict, str]]):
                 else:
                     prompt, c = parse_sft_row(row, where)
                     comps, refs = [c], None
-                p_text = None
-                c_texts = []
-                for c in comps:
-                    p_text, c_text = enc.texts(prompt, c)
-                    c_texts.append(c_text)
+                p_text, c_texts = enc.texts(prompt, comps)
             except DataError as e:
                 msg = str(e)
                 return ("error", msg if msg.startswith(where) else f"{where}: {msg}")

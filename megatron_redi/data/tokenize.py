@@ -7,10 +7,9 @@ Prompt and completion are tokenised separately, as TRL does, so the boundary is 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-from megatron_redi.data.chat_template import QWEN25_MATH_CHAT_TEMPLATE
 from megatron_redi.data.schema import DataError, Message
 
 
@@ -25,13 +24,10 @@ class TokenizeConfig:
 class TruncationStats:
     prompts_truncated: int = 0
     sequences_truncated: int = 0
-    dropped_empty: int = 0
-    examples: int = 0
-    extra: dict = field(default_factory=dict)
 
 
 def load_tokenizer(path: str | Path):
-    """A local HF tokenizer folder; falls back to the Qwen2.5-Math template if it has none."""
+    """A local HF tokenizer folder; it must carry a chat template and an EOS token."""
     from transformers import AutoTokenizer
 
     p = Path(path)
@@ -49,10 +45,6 @@ def load_tokenizer(path: str | Path):
     return tok
 
 
-def default_template() -> str:
-    return QWEN25_MATH_CHAT_TEMPLATE
-
-
 class ChatEncoder:
     """Encodes (prompt messages, completion messages) into token ids with truncation accounting."""
 
@@ -67,14 +59,18 @@ class ChatEncoder:
             prompt = [{"role": "system", "content": self.cfg.system_prompt}, *prompt]
         return prompt
 
-    def texts(self, prompt: list[Message], completion: list[Message]) -> tuple[str, str]:
+    def texts(self, prompt: list[Message], completions: list[list[Message]]) -> tuple[str, list[str]]:
+        """(prompt text, completion texts); the prompt is rendered once for all completions."""
         prompt = self._prompt_messages(prompt)
         p_text = self.tok.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
-        full = self.tok.apply_chat_template(prompt + completion, tokenize=False)
-        if not full.startswith(p_text):
-            raise DataError("the chat template does not render the prompt as a prefix of the full "
-                            "conversation; cannot locate the completion boundary")
-        return p_text, full[len(p_text):]
+        c_texts = []
+        for completion in completions:
+            full = self.tok.apply_chat_template(prompt + completion, tokenize=False)
+            if not full.startswith(p_text):
+                raise DataError("the chat template does not render the prompt as a prefix of the full "
+                                "conversation; cannot locate the completion boundary")
+            c_texts.append(full[len(p_text):])
+        return p_text, c_texts
 
     def truncate_prompt(self, ids: list[int]) -> list[int]:
         if self.cfg.max_prompt_length and len(ids) > self.cfg.max_prompt_length:
@@ -88,7 +84,7 @@ class ChatEncoder:
         return self.truncate_prompt(self.tok(p_text, add_special_tokens=False)["input_ids"])
 
     def encode_completion(self, prompt: list[Message], completion: list[Message]) -> list[int]:
-        _, c_text = self.texts(prompt, completion)
+        _, (c_text,) = self.texts(prompt, [completion])
         return self.tok(c_text, add_special_tokens=False)["input_ids"] + [self.tok.eos_token_id]
 
     def fit(self, prompt_ids: list[int], completion_ids: list[int]) -> tuple[list[int], list[int]]:

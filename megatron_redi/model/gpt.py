@@ -8,6 +8,16 @@ from megatron.core.models.gpt import GPTModel
 from megatron_redi.objectives.logprobs import vocab_parallel_logprobs
 
 
+def cu_seqlens_from_segments(segment_ids: torch.Tensor) -> torch.Tensor:
+    """Cumulative document boundaries (int32) of one packed row of segment ids [1, s]; padding
+    counts as one more document."""
+    assert segment_ids.shape[0] == 1, "THD packing needs one packed row per micro-batch"
+    seg = segment_ids[0]
+    change = torch.nonzero(seg[1:] != seg[:-1]).flatten() + 1
+    ends = torch.cat([change, torch.tensor([seg.numel()], device=seg.device)])
+    return torch.cat([torch.zeros(1, dtype=torch.int32, device=seg.device), ends.to(torch.int32)])
+
+
 def thd_params(cu_seqlens: torch.Tensor):
     """Document boundaries as Transformer Engine's attention takes them (THD `PackedSeqParams`); our
     SDPA attention takes segment ids in `attention_mask` instead."""
@@ -27,13 +37,24 @@ class RediGPTModel(GPTModel):
     """With `labels` given, the last stage returns log p(labels) [b, s] in fp32, computed chunk by
     chunk from the final hidden states (objectives.logprobs); logits never exist in full."""
 
-    def __init__(self, *args, true_vocab_size: int, logprob_chunk_size: int = 1024, **kwargs):
+    def __init__(self, *args, true_vocab_size: int, logprob_chunk_size: int = 1024,
+                 transformer_impl: str = "local", **kwargs):
         super().__init__(*args, **kwargs)
         self.true_vocab_size = true_vocab_size
         self.logprob_chunk_size = logprob_chunk_size
         # [b, s] expected d loss / d logp, set by the forward step for linear objectives (one use)
         self.pending_token_weights: torch.Tensor | None = None
-        self.transformer_impl = "local"
+        self.transformer_impl = transformer_impl
+
+    def forward(self, input_ids, position_ids, attention_mask, *args, packed_seq_params=None, **kwargs):
+        """`attention_mask` carries segment ids [b, s]. Our SDPA attention reads them directly; for
+        Transformer Engine's attention they become THD `PackedSeqParams` here, so every caller
+        (trainer, scorer, benchmarks) passes documents the same way."""
+        if self.transformer_impl == "transformer_engine" and attention_mask is not None and packed_seq_params is None:
+            packed_seq_params = thd_params(cu_seqlens_from_segments(attention_mask))
+            attention_mask = None
+        return super().forward(input_ids, position_ids, attention_mask, *args, packed_seq_params=packed_seq_params,
+                               **kwargs)
 
     def output_weight(self) -> torch.Tensor:
         if self.share_embeddings_and_output_weights:

@@ -44,6 +44,7 @@ def build_model(shape: Qwen2Shape, build: ModelBuildConfig, *, seed: int = 1234,
         rotary_base=int(shape.rope_theta) if float(shape.rope_theta).is_integer() else shape.rope_theta,
         true_vocab_size=shape.vocab_size,
         logprob_chunk_size=build.logprob_chunk_size,
+        transformer_impl=impl,
         vp_stage=vp_stage,
     )
     if not build.fast_init:

@@ -47,7 +47,8 @@ class TrainState:
 
 
 def build_ddp_model(cfg: TrainConfig, model_provider: Callable):
-    """Build this rank's pipeline stage and wrap it in megatron DDP."""
+    """Build this rank's pipeline stage, wrap it in megatron DDP and give megatron's schedules the
+    hooks they take from the model config (no-sync, gradient finalisation, variable lengths)."""
     from megatron.core import parallel_state
     from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
 
@@ -61,6 +62,10 @@ def build_ddp_model(cfg: TrainConfig, model_provider: Callable):
         average_in_collective=False,
     )
     ddp = DistributedDataParallel(config=model.config, ddp_config=ddp_cfg, module=model)
+    model.config.no_sync_func = ddp.no_sync
+    model.config.finalize_model_grads_func = _finalize_grads
+    # packed micro-batches differ in length, so pipeline stages exchange shapes first
+    model.config.variable_seq_lengths = cfg.pipeline_model_parallel_size > 1
     return ddp
 
 
@@ -108,10 +113,6 @@ def pretrain(cfg: TrainConfig, model_provider: Callable, forward_step_func: Call
                          f"{cfg.global_batch_size}")
 
     model = build_ddp_model(cfg, model_provider)
-    tcfg = model.config
-    tcfg.no_sync_func = model.no_sync
-    tcfg.finalize_model_grads_func = _finalize_grads
-    tcfg.variable_seq_lengths = cfg.pipeline_model_parallel_size > 1
     total_iters = total_iterations(cfg, len(examples))
     optimizer, scheduler = build_optimizer(cfg, [model], total_iters)
 
@@ -141,7 +142,7 @@ def pretrain(cfg: TrainConfig, model_provider: Callable, forward_step_func: Call
                    f"world {world} = TP{cfg.tensor_model_parallel_size} x PP{cfg.pipeline_model_parallel_size}"
                    f" x CP{cfg.context_parallel_size} x DP{dp}")
     last: dict = {}
-    window = {"t": 0.0, "tokens": 0, "flops": 0.0, "n": 0, "eff": 0.0}
+    window = _empty_window()
     capacity = cfg.micro_batch_tokens or cfg.seq_length * (2 if cfg.objective.paired else 1)
     model.train()
     while state.iteration < total_iters:
@@ -201,7 +202,7 @@ def pretrain(cfg: TrainConfig, model_provider: Callable, forward_step_func: Call
                 rec["tflops_per_gpu"] = tflops
                 rec["mfu"] = tflops / peak if peak else None
                 rec["max_memory_gb"] = torch.cuda.max_memory_allocated() / 2**30
-            window = {"t": 0.0, "tokens": 0, "flops": 0.0, "n": 0, "eff": 0.0}
+            window = _empty_window()
             logger.log(rec, tqdm.write)
             last = rec
         save_now = cfg.save and cfg.save_interval and state.iteration % cfg.save_interval == 0
@@ -219,6 +220,11 @@ def pretrain(cfg: TrainConfig, model_provider: Callable, forward_step_func: Call
     if signals:
         signals.restore()
     return last
+
+
+def _empty_window() -> dict:
+    """Sums over the iterations since the last log line: time, tokens, FLOPs, count, packing."""
+    return {"t": 0.0, "tokens": 0, "flops": 0.0, "n": 0, "eff": 0.0}
 
 
 def _reduce_metrics(losses: list[dict], dev) -> dict:

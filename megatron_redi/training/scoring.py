@@ -45,8 +45,6 @@ def score_pairs(cfg: TrainConfig, model_provider, dataset_provider, batch_pairs:
     if cfg.pretrained_checkpoint:
         load_pretrained(cfg.pretrained_checkpoint, model, shape, cfg)
     model.eval()
-    tcfg = model.config
-    tcfg.variable_seq_lengths = cfg.pipeline_model_parallel_size > 1
     cp_group = ps.get_context_parallel_group() if cfg.context_parallel_size > 1 else None
     multiple = pad_multiple(cfg.tensor_model_parallel_size, cfg.context_parallel_size, cfg.sequence_parallel)
     rank, fwd = ps.get_data_parallel_rank(), get_forward_backward_func()

@@ -89,8 +89,3 @@ def test_sampler_resume_and_dp_sharding():
     assert GlobalBatchSampler(10, 4, 0, 1, seed=3).global_indices(8) == seen[8:12]
     torch.manual_seed(0)
 
-
-def test_cu_seqlens_for_thd():
-    mb = pack([Example([1, 2, 3], [[4, 5], [6]]), Example([7], [[8, 9, 10]])], pad_to_multiple=8)
-    # documents of 5, 4 and 4 tokens, then 3 padding tokens as a last segment
-    assert mb.cu_seqlens().tolist() == [0, 5, 9, 13, 16]

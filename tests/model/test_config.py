@@ -51,3 +51,12 @@ def test_trainer_refuses_fp8_before_doing_work(tmp_path):
                                              "--data-path", str(SAMPLE / "pairs.jsonl"), "--train-iters", "1",
                                              "--fp8-format", "e4m3", "--no-progress"], nproc=1, check=False)
     assert p.returncode != 0 and "--fp8-format" in p.stderr and "tokenize" not in p.stderr
+
+
+def test_cu_seqlens_for_thd():
+    from megatron_redi.data.batch import Example, pack
+    from megatron_redi.model.gpt import cu_seqlens_from_segments
+
+    mb = pack([Example([1, 2, 3], [[4, 5], [6]]), Example([7], [[8, 9, 10]])], pad_to_multiple=8)
+    # documents of 5, 4 and 4 tokens, then 3 padding tokens as a last segment
+    assert cu_seqlens_from_segments(mb.segment_ids).tolist() == [0, 5, 9, 13, 16]
