@@ -368,6 +368,30 @@ def hf_to_mcore(hf_dir: str | Path, output: str | Path, *, rope_theta: float | N
     return output
 
 
+@torch.no_grad()
+def copy_hf_weights(model, hf_state: dict[str, torch.Tensor], shape: Qwen2Shape) -> None:
+    """Load an in-memory HF Qwen2 state dict into an unsplit (TP1/PP1) model: what benchmarks and
+    tests use to run megatron and `transformers` on the very same weights without a round trip to disk."""
+    from megatron_redi.checkpointing.training import unwrap
+
+    params = dict(unwrap(model).named_parameters())
+    mapper = HFToMegatron(Dims.from_shape(shape))
+    done = set()
+    for hf_name, t in hf_state.items():
+        for name, value in mapper.add(hf_name, t):
+            value = torch.cat(value) if isinstance(value, tuple) else value
+            if name not in params:
+                raise ConversionError(f"{hf_name} maps to {name}, which the model does not have")
+            dst = params[name]
+            if name == EMBED or name == "output_layer.weight":
+                value = pad_vocab(value, dst.shape[0])
+            dst.copy_(value)
+            done.add(name)
+    missing = sorted(set(params) - done - ({"output_layer.weight"} if shape.tie_word_embeddings else set()))
+    if mapper.unfinished() or missing:
+        raise ConversionError(f"HF state dict is incomplete: fused {mapper.unfinished()}, missing {missing[:5]}")
+
+
 # ---------------------------------------------------------------------------------------- mcore -> HF
 
 def resolve_checkpoint_dir(load: str | Path) -> tuple[Path, Path]:

@@ -19,6 +19,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from megatron_redi.training.optimizer import chained_optimizers, inner_torch_optimizers, step_tensor
+
 MARKER = "latest_checkpointed_iteration.txt"
 META = "redi_meta.json"
 
@@ -107,26 +109,17 @@ def _opt_metadata(cfg) -> dict | None:
     return {"distrib_optim_sharding_type": "fully_reshardable"} if cfg.use_distributed_optimizer else None
 
 
-def _chained(optimizer) -> list:
-    """The megatron optimizers behind a possibly chained optimizer."""
-    return getattr(optimizer, "chained_optimizers", None) or [optimizer]
-
-
-def _inner_torch_optimizers(optimizer) -> list:
-    return [o.optimizer for o in _chained(optimizer) if getattr(o, "optimizer", None) is not None]
-
-
 def _prime_adam_state(optimizer) -> None:
     """Give a fresh (never stepped) torch AdamW a full state: the distributed optimizer's
     `state_dict()` reads every parameter's 'step', and megatron's init_state_fn creates none."""
-    for opt in _inner_torch_optimizers(optimizer):
+    for opt in inner_torch_optimizers(optimizer):
         for group in opt.param_groups:
             for p in group["params"]:
                 st = opt.state[p]
                 if "exp_avg" not in st:
                     st["exp_avg"] = torch.zeros_like(p.data)
                     st["exp_avg_sq"] = torch.zeros_like(p.data)
-                st.setdefault("step", torch.tensor(0.0))
+                st.setdefault("step", step_tensor(group, p, 0))
 
 
 def _load_optimizer_state(optimizer, state) -> None:
@@ -135,7 +128,7 @@ def _load_optimizer_state(optimizer, state) -> None:
     no per-parameter 'step' (KeyError 'step'). Hide 'step' during the copy; _fix_adam_steps restores
     it. Scoped to this call, on this optimizer instance only."""
     undo = []
-    for o in _chained(optimizer):
+    for o in chained_optimizers(optimizer):
         orig = getattr(o, "_set_main_param_and_optimizer_states", None)
         if orig is None or not hasattr(o, "model_param_group_index_map"):
             continue
@@ -163,12 +156,12 @@ def _fix_adam_steps(optimizer, steps: int) -> None:
     """megatron 0.16 bug 2: load_state_dict gives every parameter ONE shared `step` tensor, which
     torch AdamW then increments once per parameter, silently corrupting bias correction. Give each
     parameter its own step tensor holding the true number of optimizer steps taken."""
-    for opt in _inner_torch_optimizers(optimizer):
+    for opt in inner_torch_optimizers(optimizer):
         for group in opt.param_groups:
             for p in group["params"]:
                 st = opt.state.get(p)
                 if st is not None and "step" in st:
-                    st["step"] = torch.tensor(float(steps), dtype=torch.float32)
+                    st["step"] = step_tensor(group, p, steps)
 
 
 def unwrap(model):

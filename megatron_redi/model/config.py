@@ -148,8 +148,11 @@ def transformer_config(shape: Qwen2Shape, build: ModelBuildConfig):
         sequence_parallel=build.sequence_parallel,
         # objectives return sums already normalised by the global batch (see objectives.losses)
         calculate_per_token_loss=True,
-        # CPU-safe defaults; the fused kernels need TE/apex or a long torch.compile
-        bias_activation_fusion=False,
+        # SwiGLU through megatron's autograd function: it keeps only its input for backward (the
+        # plain chain keeps three ffn-sized tensors). Compiled on GPU; eager on CPU (cpu_patches).
+        bias_activation_fusion=True,
+        # the other fusions need TE/apex kernels
+
         bias_dropout_fusion=False,
         masked_softmax_fusion=False,
         persist_layer_norm=False,

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from megatron_redi.model.fused import fused_rms_norm
+
 
 class RMSNorm(torch.nn.Module):
     """Qwen2's RMSNorm (fp32 statistics). Under sequence parallelism each TP rank normalises its own
@@ -17,7 +19,4 @@ class RMSNorm(torch.nn.Module):
         self.weight.sequence_parallel = bool(config.sequence_parallel)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        dtype = x.dtype
-        h = x.float()
-        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * h.to(dtype)
+        return fused_rms_norm(x, self.weight, self.eps)

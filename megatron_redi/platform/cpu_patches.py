@@ -83,6 +83,14 @@ def apply_cpu_patches() -> bool:
     # Reason: memory statistics are queried for logging in megatron utilities.
     torch.cuda.memory_allocated = lambda device=None: 0
     torch.cuda.max_memory_allocated = lambda device=None: 0
+    # Reason: megatron wraps its SwiGLU math in torch.compile at import; on CPU inductor builds C++ for
+    # ~20 s per process and kernel for no benefit in tests. Keep the autograd function (it saves only
+    # its input), run its math eagerly.
+    from megatron.core.fusions import fused_bias_swiglu
+
+    for name in ("swiglu", "swiglu_back"):
+        fn = getattr(fused_bias_swiglu, name)
+        setattr(fused_bias_swiglu, name, getattr(fn, "__wrapped__", fn))
     # Reason: see `_cpu_tensor_type`.
     torch.Tensor.type = _cpu_tensor_type(torch.Tensor.type)
     # Reason: see `_CudaToCpuMode`; entered once for the life of the process.

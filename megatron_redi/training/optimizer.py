@@ -7,7 +7,37 @@ import torch
 from megatron_redi.training.arguments import TrainConfig
 
 
-def build_optimizer(cfg: TrainConfig, model_chunks: list, total_iters: int):
+def chained_optimizers(optimizer) -> list:
+    """The megatron optimizers behind a possibly chained optimizer."""
+    return getattr(optimizer, "chained_optimizers", None) or [optimizer]
+
+
+def inner_torch_optimizers(optimizer) -> list:
+    return [o.optimizer for o in chained_optimizers(optimizer) if getattr(o, "optimizer", None) is not None]
+
+
+def step_tensor(group: dict, param: torch.Tensor, value: int) -> torch.Tensor:
+    """An AdamW 'step' where torch keeps it: on the parameter's device for fused/capturable, else CPU."""
+    on_device = group.get("fused") or group.get("capturable")
+    return torch.tensor(float(value), dtype=torch.float32, device=param.device if on_device else "cpu")
+
+
+def use_fused_adam(optimizer) -> None:
+    """Switch megatron's torch AdamW fallback (no TE/apex) from foreach to the fused kernel: one pass
+    over params, grads and both moments instead of several; the foreach step was a tenth of a step's
+    GPU time at 1.5B shape. Same update up to rounding."""
+    for opt in inner_torch_optimizers(optimizer):
+        if not isinstance(opt, torch.optim.AdamW | torch.optim.Adam):
+            continue  # TE/apex FusedAdam already is one kernel
+        for group in opt.param_groups:
+            group["fused"], group["foreach"] = True, False
+        opt.defaults.update(fused=True, foreach=False)
+
+
+def build_optimizer(cfg: TrainConfig, model_chunks: list, total_iters: int, *, fused_adam: bool | None = None):
+    """fused_adam None: fused on CUDA only. torch's CPU kernel rounds its vectorised body and scalar tail
+    differently, so a parameter's update would depend on how TP/DP split it, and the layouts would
+    stop matching one process bit for bit (1-ulp drift, seen as 1e-5 in grad norms after a step)."""
     from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
     from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 
@@ -25,6 +55,8 @@ def build_optimizer(cfg: TrainConfig, model_chunks: list, total_iters: int):
         use_distributed_optimizer=cfg.use_distributed_optimizer,
     )
     optimizer = get_megatron_optimizer(ocfg, model_chunks)
+    if fused_adam or (fused_adam is None and torch.cuda.is_available()):
+        use_fused_adam(optimizer)
     warmup = int(round(cfg.lr_warmup_fraction * total_iters))
     scheduler = OptimizerParamScheduler(
         optimizer,

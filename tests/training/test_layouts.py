@@ -39,13 +39,17 @@ def _run_many(tmp_path, runs: dict[str, list[str]], loss, data, nproc, mbs=2):
     return {n: read_jsonl(tmp_path / f"{n}.jsonl") for n in runs}
 
 
-def _assert_same(ref, got, keys):
+def _assert_same(ref, got, keys, name=""):
     assert [r["iteration"] for r in got] == [1, 2, 3, 4]
     for r, g in zip(ref, got):
         for k in keys:
             # margin is a difference of two ~-6 log-probs: fp32 cancellation needs an absolute bound
             atol = 1e-6 if k == "margin" else 1e-7
-            assert math.isclose(r[k], g[k], rel_tol=1e-5, abs_tol=atol), (k, r["iteration"], r[k], g[k])
+            # Adam's first update divides each gradient element by its own size, so elements whose
+            # gradient is at rounding level move by a rounding-decided amount; the next grad norm
+            # carries that (seen: 0.5-1.2e-5 between TP2 and one process, 1.5e-7 before any update)
+            rtol = 3e-5 if k == "grad_norm" and r["iteration"] > 1 else 1e-5
+            assert math.isclose(r[k], g[k], rel_tol=rtol, abs_tol=atol), (name, k, r["iteration"], r[k], g[k])
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +81,7 @@ def redi_reference(tmp_path_factory, pairs_data):
 def test_redi_every_layout_matches_single_process(tmp_path, redi_reference, pairs_data):
     got = _run_many(tmp_path, LAYOUTS, "redi", pairs_data, 2)
     for name, records in got.items():
-        _assert_same(redi_reference, records, ["loss", "grad_norm", "chosen_logp", "rejected_logp", "margin"])
+        _assert_same(redi_reference, records, ["loss", "grad_norm", "chosen_logp", "rejected_logp", "margin"], name)
         assert records[-1]["loss"] < records[0]["loss"], name  # training actually moves the model
 
 
