@@ -1,16 +1,20 @@
-"""Project the peak memory of one REDI step at full depth and long sequences from small runs.
+"""Memory of one REDI training step at full size, counted on the meta device (no GPU, no compute).
 
-Not a test. Runs tools/benchmark_train.py at 1 and 2 layers and two sequence lengths (each in its own
-process), then fits, separately for ours and for the `transformers` baseline,
-    held(L)    = h0 + h1*L                    (weights, gradients, optimizer state)
-    step(L, T) = a + b*L + c*T + d*L*T        (what one training step adds on top: activations, buffers)
-exactly through the four measured points, and evaluates them at the model's real depth. Every layer is
-the same and activations grow linearly in tokens, so the fit is exact up to allocator noise; it answers
-"does a 16k-token pair fit an 80 GB GPU" on a machine that cannot hold the model.
+Not a test. Builds ours (megatron, as the trainer builds it) and the `transformers` baseline of
+tools/benchmark_train.py at the real shape on the meta device, runs the forward of one packed pair of
+the given length, and counts what autograd keeps for backward (each storage once, weights excluded).
+That part is exact for this code and any device. Added to it:
+- what a step holds regardless of length, from the parameter count: ours bf16 weights + fp32 gradient
+  buffer + fp32 master weights + fp32 Adam moments (2+4+4+8 bytes per parameter); the baseline bf16
+  weights, gradients and Adam moments (2+2+4);
+- ours: the LM-head and hidden gradients the single-pass log-prob kernel holds from forward to backward.
+Not counted: attention probabilities of PyTorch's math backend (flash/cuDNN keep only a per-row
+log-sum-exp), and temporaries of backward. So the totals are lower bounds of a step's peak. Checked
+against peaks measured on an H200 (docs/benchmarks/train_h200.json, model code before the fused norm
+and SwiGLU): ours is 0-2.5 GiB above its bound; the baseline 3-19 GiB, growing with length, because its
+backward materialises the gradient of the full logits (tokens x vocab, fp32 and bf16).
 
-On CPU memory is the resident set (malloc told to return every block of 64 KiB or more to the system
-at free, so freed memory does not linger); on GPU it is torch's allocated bytes.
-    python tools/benchmark_memory.py --bf16 --measure-tokens 1024,2048 --project-tokens 4096,8192,16384
+    python tools/benchmark_memory.py --seq-lengths 4096,8192,16384
 """
 
 from __future__ import annotations
@@ -18,82 +22,128 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
+import torch
+
 ROOT = Path(__file__).resolve().parents[1]
-FULL_LAYERS = 28  # Qwen2.5-1.5B, the shape benchmark_train uses
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from tools.benchmark_train import SHAPE_1P5B, _pair  # noqa: E402
+
+GiB = 2**30
 
 
-def measure(layers: int, tokens: list[int], bf16: bool, baseline: bool) -> list[dict]:
-    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", MALLOC_TRIM_THRESHOLD_="0")
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "rows.json"
-        cmd = [sys.executable, str(ROOT / "tools" / "benchmark_train.py"), "--num-layers", str(layers),
-               "--seq-lengths", ",".join(map(str, tokens)), "--steps", "1", "--warmup", "1", "--output", str(out)]
-        cmd += ["--bf16"] if bf16 else []
-        cmd += [] if baseline else ["--no-baseline"]
-        print(f"[memory] {' '.join(cmd[1:])}", file=sys.stderr, flush=True)
-        subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL)
-        return json.loads(out.read_text())["rows"]
+class SavedBytes:
+    """Counts the storages autograd saves for backward inside the `with` block."""
+
+    def __init__(self, params):
+        self.skip = {p.untyped_storage()._cdata for p in params}
+        self.kept: dict[int, int] = {}
+
+    def _pack(self, t: torch.Tensor) -> torch.Tensor:
+        st = t.untyped_storage()
+        square = t.dim() >= 2 and t.shape[-1] == t.shape[-2] and t.shape[-1] > 64
+        if not square and st._cdata not in self.skip:  # square: the math backend's attention matrix
+            self.kept[st._cdata] = st.nbytes()
+        return t
+
+    def __enter__(self):
+        self._ctx = torch.autograd.graph.saved_tensors_hooks(self._pack, lambda t: t)
+        self._ctx.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self._ctx.__exit__(*exc)
+
+    @property
+    def total(self) -> int:
+        return sum(self.kept.values())
 
 
-def fit(points: dict[tuple[int, int], float]) -> tuple[float, float, float, float]:
-    """a + b*L + c*T + d*L*T through four points on a 2x2 grid of (L, T)."""
-    (l1, l2), (t1, t2) = sorted({k[0] for k in points}), sorted({k[1] for k in points})
-    f = points
-    d = (f[l2, t2] - f[l2, t1] - f[l1, t2] + f[l1, t1]) / ((l2 - l1) * (t2 - t1))
-    b = (f[l2, t1] - f[l1, t1]) / (l2 - l1) - d * t1
-    c = (f[l1, t2] - f[l1, t1]) / (t2 - t1) - d * l1
-    a = f[l1, t1] - b * l1 - c * t1 - d * l1 * t1
-    return a, b, c, d
+def ours_saved(cfg: dict, total: int) -> tuple[int, int]:
+    """(bytes saved for backward, number of parameters) for one packed pair through our model."""
+    from megatron_redi.data.batch import Example, pack
+    from megatron_redi.model.config import ModelBuildConfig, Qwen2Shape
+    from megatron_redi.model.provider import build_model
+
+    shape = Qwen2Shape.from_hf(cfg)
+    with torch.device("meta"):
+        model = build_model(shape, ModelBuildConfig(bf16=True, transformer_impl="local"))
+    # the rotary table is made on the host from the config, not from the inputs
+    rope = model.rotary_pos_emb.forward
+    model.rotary_pos_emb.forward = lambda *a, **k: rope(*a, **k).to("meta")
+    p, c, r = _pair(total, shape.vocab_size)
+    mb = pack([Example(p, [c, r])])
+    meta = lambda t: t.to("meta")
+    with SavedBytes(model.parameters()) as sb:
+        # segment ids stay on the host: attention reads document boundaries from them
+        model(meta(mb.tokens), meta(mb.position_ids), mb.segment_ids, labels=meta(mb.labels))
+    head = shape.padded_vocab_size(1) * shape.hidden_size * 4 + mb.tokens.numel() * shape.hidden_size * 2
+    return sb.total + head, sum(q.numel() for q in model.parameters())
 
 
-def project(rows_by_layers: dict[int, list[dict]], who: str, layers: int, tokens: list[int]) -> list[dict]:
-    held, step = {}, {}
-    for L, rows in rows_by_layers.items():
-        for r in rows:
-            if r.get(f"{who}_static_gb") is None:
-                return []
-            held[L, r["tokens"]] = r[f"{who}_static_gb"]
-            step[L, r["tokens"]] = r[f"{who}_peak_gb"] - r[f"{who}_static_gb"]
-    a, b, c, d = fit(step)
-    ha, hb, hc, hd = fit(held)  # c, d ~ 0: what is held does not depend on the tokens
-    out = []
-    for T in tokens:
-        h = ha + hb * layers + hc * T + hd * layers * T
-        s = a + b * layers + c * T + d * layers * T
-        out.append({"who": who, "tokens": T, "layers": layers, "held_gb": h, "step_gb": s, "peak_gb": h + s,
-                    "per_layer_per_1k_tokens_gb": (d * 1000), "held_per_layer_gb": hb})
-    return out
+def baseline_saved(cfg: dict, total: int) -> tuple[int, int]:
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    conf = Qwen2Config(**{k: v for k, v in cfg.items() if k not in ("architectures", "model_type")})
+    with torch.device("meta"):
+        model = Qwen2ForCausalLM._from_config(conf, attn_implementation="sdpa", dtype=torch.bfloat16)
+    p, c, r = _pair(total, conf.vocab_size)
+    n = len(p) + len(c)
+    ids = torch.zeros(2, n, dtype=torch.long, device="meta")
+    mask = torch.ones(2, n - 1, device="meta")
+    with SavedBytes(model.parameters()) as sb:  # benchmark_train's baseline step, up to the loss
+        logits = model(input_ids=ids).logits[:, :-1].float()
+        lp = torch.log_softmax(logits, -1).gather(-1, ids[:, 1:, None]).squeeze(-1) * mask
+        (-lp[0].sum() / n + 0.8 * lp[1].sum() / n).sum()
+    return sb.total, sum(q.numel() for q in model.parameters())
 
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--measure-tokens", default="1024,2048")
-    ap.add_argument("--project-tokens", default="4096,8192,16384")
-    ap.add_argument("--layers", type=int, default=FULL_LAYERS, help="depth to project to")
-    ap.add_argument("--bf16", action="store_true", help="bf16 on CPU (GPU runs are always bf16)")
-    ap.add_argument("--no-baseline", action="store_true")
-    ap.add_argument("--device-memory-gb", type=float, default=80.0, help="what 'fits' is judged against")
+    ap.add_argument("--seq-lengths", default="4096,8192,16384")
+    ap.add_argument("--tiny", action="store_true", help="the tiny test model instead of the 1.5B shape")
+    ap.add_argument("--num-layers", type=int, default=None, help="override the depth")
     ap.add_argument("--output", default=None)
     a = ap.parse_args(argv)
-    measured = [int(x) for x in a.measure_tokens.split(",")]
-    if len(measured) != 2:
-        ap.error("--measure-tokens takes exactly two lengths")
-    rows = {L: measure(L, measured, a.bf16, not a.no_baseline) for L in (1, 2)}
-    proj = [p for who in ("ours", "baseline") for p in project(rows, who, a.layers, [int(x) for x in
-                                                                                    a.project_tokens.split(",")])]
-    print(f"projected to {a.layers} layers from 1-2 layers at {measured} tokens; GB; fits = peak <= "
-          f"{a.device_memory_gb:g}")
-    print(f"{'who':>9} {'tokens':>7} {'held':>7} {'step':>7} {'peak':>7} {'fits':>5} {'act/layer/1k tok':>17}")
-    for p in proj:
-        print(f"{p['who']:>9} {p['tokens']:>7} {p['held_gb']:>7.1f} {p['step_gb']:>7.1f} {p['peak_gb']:>7.1f} "
-              f"{'yes' if p['peak_gb'] <= a.device_memory_gb else 'NO':>5} {p['per_layer_per_1k_tokens_gb']:>17.3f}")
+
+    from megatron_redi.platform.distributed import ParallelConfig, init_distributed, init_model_parallel, set_seed
+
+    os.environ.setdefault("MASTER_PORT", "29556")
+    init_distributed()
+    init_model_parallel(ParallelConfig())
+    set_seed(1234)
+    if a.tiny:
+        from megatron_redi.data.tiny_assets import TINY_QWEN2_CONFIG
+
+        cfg = dict(TINY_QWEN2_CONFIG, vocab_size=384)
+    else:
+        cfg = dict(SHAPE_1P5B)
+    if a.num_layers:
+        cfg["num_hidden_layers"] = a.num_layers
+    rows = []
+    for total in [int(x) for x in a.seq_lengths.split(",")]:
+        act, n = ours_saved(cfg, total)
+        bact, bn = baseline_saved(cfg, total)
+        row = {"tokens": total, "layers": cfg["num_hidden_layers"], "ours_activations_gib": act / GiB,
+               "ours_held_gib": n * (2 + 4 + 4 + 8) / GiB, "baseline_activations_gib": bact / GiB,
+               "baseline_held_gib": bn * (2 + 2 + 4) / GiB, "params": n}
+        row["ours_total_gib"] = row["ours_activations_gib"] + row["ours_held_gib"]
+        row["baseline_total_gib"] = row["baseline_activations_gib"] + row["baseline_held_gib"]
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    print(f"\nGiB, bf16, {cfg['num_hidden_layers']} layers; act = saved for backward; held = weights, grads, "
+          f"optimizer state; total = their sum, a lower bound of the step's peak")
+    print(f"{'tokens':>7} {'ours act':>9} {'held':>6} {'total':>6} | {'base act':>9} {'held':>6} {'total':>6}")
+    for r in rows:
+        print(f"{r['tokens']:>7} {r['ours_activations_gib']:>9.1f} {r['ours_held_gib']:>6.1f} "
+              f"{r['ours_total_gib']:>6.1f} | {r['baseline_activations_gib']:>9.1f} {r['baseline_held_gib']:>6.1f} "
+              f"{r['baseline_total_gib']:>6.1f}")
     if a.output:
-        Path(a.output).write_text(json.dumps({"measured": rows, "projected": proj}, indent=1) + "\n")
+        Path(a.output).write_text(json.dumps({"rows": rows}, indent=1) + "\n")
 
 
 if __name__ == "__main__":
