@@ -393,17 +393,20 @@ def test_scripts_exist():
 
 
 def test_shellcheck_clean():
-    """Every script at every severity. The libraries (common.sh, config.sh) and the scripts with logic are
-    checked following what they source (-x); the stage scripts, thin wrappers around the libraries, are
-    checked on their own (-x there costs ~0.5 s of CPU each, re-analysing common.sh every time)."""
+    """Every script at every severity, scripts/ and .ci/run included. The libraries (common.sh, config.sh)
+    and the scripts with logic are checked following what they source (-x); the stage scripts, thin
+    wrappers around the libraries, are checked on their own (-x there costs ~0.5 s of CPU each,
+    re-analysing common.sh every time)."""
     sc = shellcheck_path()
     wrappers = [str(p.relative_to(ROOT)) for p in RUNNABLE]
     others = [str(p.relative_to(ROOT)) for p in ALL_SCRIPTS if p not in RUNNABLE]
     assert {"examples/common.sh", f"examples/{R15}/config.sh", f"examples/{R7}/config.sh",
             "examples/submit_all.sh", "examples/slurm_task.sh"} <= set(others)
+    repo_scripts = [str(p.relative_to(ROOT)) for p in sorted((ROOT / "scripts").glob("*.sh"))] + [".ci/run"]
+    assert "scripts/device_bench.sh" in repo_scripts
     procs = [subprocess.Popen([sc, "--severity=style", *args], cwd=ROOT, stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True)
-             for args in (["--external-sources", *others], ["--exclude=SC1091", *wrappers])]
+             for args in (["--external-sources", *others, *repo_scripts], ["--exclude=SC1091", *wrappers])]
     reports = [(p.communicate(timeout=120)[0], p.returncode) for p in procs]
     assert all(rc == 0 for _, rc in reports), "\n".join(out for out, _ in reports)
 
