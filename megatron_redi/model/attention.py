@@ -5,7 +5,8 @@ CPU hosts. This module runs everywhere torch runs and is the local spec's core a
 
 Packed documents are described by `attention_mask`: a long tensor [b, s_local] of segment ids (one id
 per document, padding included); no token attends across segments. `None` means one causal document
-per row.
+per row. Attention runs one SDPA call per document (per query chunk under CP), each causal, so
+flash/cuDNN kernels apply and no s x s mask or score matrix is ever built, with or without CP.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from megatron.core import parallel_state
 from megatron.core.transformer.module import MegatronModule
+from torch.nn.attention.bias import causal_lower_right
 
 
 def cp_chunk_positions(seq_local: int, cp_rank: int, cp_size: int, device) -> torch.Tensor:
@@ -95,6 +97,16 @@ class SDPACoreAttention(MegatronModule):
             self._runs_cache = (segments, _segment_runs(segments))
         return self._runs_cache[1]
 
+    def _cp_runs(self, segments, b: int, s_full: int, group, cp_size: int, device):
+        """Document runs over the whole (all-gathered) row. Every layer gets the same mask tensor, so
+        the segment ids are gathered and decoded once per forward, not once per layer."""
+        if segments is None:
+            return [[(0, s_full)]] * b
+        if self._runs_cache is None or self._runs_cache[0] is not segments:
+            full = _gather_cp(segments.t(), group, cp_size, False).t()
+            self._runs_cache = (segments, _segment_runs(full))
+        return self._runs_cache[1]
+
     def forward(self, query, key, value, attention_mask, attn_mask_type=None, attention_bias=None,
                 packed_seq_params=None):
         assert attention_bias is None, "attention bias is not supported"
@@ -109,15 +121,26 @@ class SDPACoreAttention(MegatronModule):
             group = parallel_state.get_context_parallel_group()
             k = _gather_cp(key, group, cp_size, True).permute(1, 2, 0, 3)
             v = _gather_cp(value, group, cp_size, True).permute(1, 2, 0, 3)
-            qpos = cp_chunk_positions(sq, parallel_state.get_context_parallel_rank(), cp_size, q.device)
-            kpos = torch.arange(k.shape[2], device=q.device)
-            mask = kpos[None, :] <= qpos[:, None]
-            mask = mask[None, None].expand(b, 1, sq, k.shape[2])
-            if attention_mask is not None:
-                seg_k = _gather_cp(attention_mask.t(), group, cp_size, False).t()
-                mask = mask & (attention_mask[:, None, :, None] == seg_k[:, None, None, :])
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout,
-                                                 scale=self.softmax_scale, enable_gqa=gqa)
+            runs = self._cp_runs(attention_mask, b, k.shape[2], group, cp_size, q.device)
+            half = sq // 2
+            starts = cp_chunk_positions(sq, parallel_state.get_context_parallel_rank(), cp_size, "cpu")[::half]
+            rows = []
+            for bi in range(b):
+                parts = []
+                for local0, g0 in zip((0, half), starts.tolist(), strict=True):
+                    for ds, de in runs[bi]:
+                        qa, qb = max(ds, g0), min(de, g0 + half)
+                        if qa >= qb:
+                            continue
+                        # queries [qa, qb) of a document starting at ds see keys [ds, qb): causal
+                        # aligned at the bottom right, which flash/cuDNN run without an s x s mask
+                        parts.append(F.scaled_dot_product_attention(
+                            q[bi : bi + 1, :, local0 + qa - g0 : local0 + qb - g0],
+                            k[bi : bi + 1, :, ds:qb], v[bi : bi + 1, :, ds:qb],
+                            attn_mask=causal_lower_right(qb - qa, qb - ds), dropout_p=dropout,
+                            scale=self.softmax_scale, enable_gqa=gqa))
+                rows.append(torch.cat(parts, dim=2))
+            out = torch.cat(rows, dim=0)
         else:
             k = key.permute(1, 2, 0, 3)
             v = value.permute(1, 2, 0, 3)
