@@ -10,6 +10,8 @@ build costs tens of seconds per process for no gain in tests.
 from __future__ import annotations
 
 import functools
+import importlib.util
+import warnings
 
 import torch
 
@@ -33,6 +35,9 @@ def _rms_backward(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
 @functools.cache
 def _kernels(device_type: str):
     if device_type == "cuda":
+        if importlib.util.find_spec("triton") is None:  # inductor's GPU backend; torch's CUDA wheels ship it
+            warnings.warn("triton is not installed: RMSNorm runs unfused (slower, same memory)", stacklevel=2)
+            return _rms_forward, _rms_backward
         # dynamic: packed micro-batches change length every step; one graph serves them all
         return (torch.compile(_rms_forward, dynamic=True), torch.compile(_rms_backward, dynamic=True))
     return _rms_forward, _rms_backward

@@ -122,3 +122,27 @@ def test_model_gradients_match_transformers(megatron_world):
             torch.testing.assert_close(g, want[hf_name], rtol=1e-4, atol=1e-5, msg=hf_name)
             checked.add(hf_name)
     assert checked == set(want)
+
+
+def test_gpu_kernels_compiled_unless_triton_missing(monkeypatch):
+    """On CUDA the norm's math goes through torch.compile; without triton it falls back, with a warning,
+    to the same eager math CPU uses. (Only the selection is checked here: nothing is compiled.)"""
+    import importlib.util
+
+    from megatron_redi.model import fused
+
+    real_find = importlib.util.find_spec
+    for has_triton in (True, False):
+        fused._kernels.cache_clear()
+        def find_spec(name, *a, _has=has_triton):
+            return (object() if _has else None) if name == "triton" else real_find(name, *a)
+
+        monkeypatch.setattr(importlib.util, "find_spec", find_spec)
+        if has_triton:
+            fwd, bwd = fused._kernels("cuda")
+            assert fwd is not fused._rms_forward and bwd is not fused._rms_backward
+        else:
+            with pytest.warns(UserWarning, match="triton"):
+                assert fused._kernels("cuda") == (fused._rms_forward, fused._rms_backward)
+    fused._kernels.cache_clear()
+    assert fused._kernels("cpu") == (fused._rms_forward, fused._rms_backward)
