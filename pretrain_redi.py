@@ -33,6 +33,7 @@ def model_provider(pre_process: bool = True, post_process: bool = True, vp_stage
         sequence_parallel=cfg.sequence_parallel,
         bf16=cfg.bf16,
         recompute_granularity=cfg.recompute_granularity,
+        recompute_modules=tuple(cfg.recompute_modules) if cfg.recompute_modules else None,
         transformer_impl=cfg.transformer_impl,
         fp8_format=cfg.fp8_format,
         fp8_recipe=cfg.fp8_recipe,

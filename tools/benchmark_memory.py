@@ -8,11 +8,11 @@ That part is exact for this code and any device. Added to it:
   buffer + fp32 master weights + fp32 Adam moments (2+4+4+8 bytes per parameter); the baseline bf16
   weights, gradients and Adam moments (2+2+4);
 - ours: the LM-head and hidden gradients the single-pass log-prob kernel holds from forward to backward.
-Not counted: attention probabilities of PyTorch's math backend (flash/cuDNN keep only a per-row
-log-sum-exp), and temporaries of backward. So the totals are lower bounds of a step's peak. Checked
-against peaks measured on an H200 (docs/benchmarks/train_h200.json, model code before the fused norm
-and SwiGLU): ours is 0-2.5 GiB above its bound; the baseline 3-19 GiB, growing with length, because its
-backward materialises the gradient of the full logits (tokens x vocab, fp32 and bf16).
+Attention is counted as flash/cuDNN keep it (no probability matrix). Not counted: temporaries of
+backward. So the totals are lower bounds of a step's peak. Checked against peaks measured on an H200
+(docs/benchmarks/train_h200.json, model code before the memory-lean norm and SwiGLU, counted here with
+that code): ours peaked 3.2 GiB above its bound at 4k, 8k and 16k tokens; the baseline 4, 10 and 24 GiB
+above, growing with length, because its backward materialises the gradient of the full logits.
 
     python tools/benchmark_memory.py --seq-lengths 4096,8192,16384
 """
@@ -26,6 +26,7 @@ import sys
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -37,33 +38,57 @@ GiB = 2**30
 
 
 class SavedBytes:
-    """Counts the storages autograd saves for backward inside the `with` block."""
+    """Counts the storages autograd saves for backward inside the `with` block. Attention is counted as
+    flash/cuDNN keep it (q, k, v, the output and a fp32 log-sum-exp per query row) whichever kernel runs:
+    on the meta device PyTorch's math backend would keep the full probability matrix."""
 
     def __init__(self, params):
         self.skip = {p.untyped_storage()._cdata for p in params}
-        self.kept: dict[int, int] = {}
+        self.kept: dict = {}
+        self._held: list[torch.Tensor] = []
+        self._sdpa_depth = 0
+
+    def _keep(self, t: torch.Tensor) -> None:
+        st = t.untyped_storage()
+        if st._cdata not in self.skip:
+            self.kept[st._cdata] = st.nbytes()
+            self._held.append(t)  # a freed storage's address could be reused and miscounted
 
     def _pack(self, t: torch.Tensor) -> torch.Tensor:
-        st = t.untyped_storage()
-        square = t.dim() >= 2 and t.shape[-1] == t.shape[-2] and t.shape[-1] > 64
-        if not square and st._cdata not in self.skip:  # square: the math backend's attention matrix
-            self.kept[st._cdata] = st.nbytes()
+        if not self._sdpa_depth:
+            self._keep(t)
         return t
 
+    def _sdpa(self, q, k, v, *args, **kwargs):
+        self._sdpa_depth += 1
+        try:
+            out = self._real_sdpa(q, k, v, *args, **kwargs)
+        finally:
+            self._sdpa_depth -= 1
+        if not self._sdpa_depth and torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
+            for t in (q, k, v, out):
+                self._keep(t)
+            self.kept["lse", out.untyped_storage()._cdata] = q.shape[:-1].numel() * 4
+        return out
+
     def __enter__(self):
+        self._real_sdpa = F.scaled_dot_product_attention
+        F.scaled_dot_product_attention = self._sdpa
         self._ctx = torch.autograd.graph.saved_tensors_hooks(self._pack, lambda t: t)
         self._ctx.__enter__()
         return self
 
     def __exit__(self, *exc):
         self._ctx.__exit__(*exc)
+        F.scaled_dot_product_attention = self._real_sdpa
+        self._held.clear()
 
     @property
     def total(self) -> int:
         return sum(self.kept.values())
 
 
-def ours_saved(cfg: dict, total: int) -> tuple[int, int]:
+def ours_saved(cfg: dict, total: int, recompute_modules: list[str] | None = None) -> tuple[int, int]:
     """(bytes saved for backward, number of parameters) for one packed pair through our model."""
     from megatron_redi.data.batch import Example, pack
     from megatron_redi.model.config import ModelBuildConfig, Qwen2Shape
@@ -71,7 +96,9 @@ def ours_saved(cfg: dict, total: int) -> tuple[int, int]:
 
     shape = Qwen2Shape.from_hf(cfg)
     with torch.device("meta"):
-        model = build_model(shape, ModelBuildConfig(bf16=True, transformer_impl="local"))
+        model = build_model(shape, ModelBuildConfig(
+            bf16=True, transformer_impl="local", recompute_granularity="selective" if recompute_modules else None,
+            recompute_modules=tuple(recompute_modules or ())))
     # the rotary table is made on the host from the config, not from the inputs
     rope = model.rotary_pos_emb.forward
     model.rotary_pos_emb.forward = lambda *a, **k: rope(*a, **k).to("meta")
@@ -107,6 +134,8 @@ def main(argv=None) -> None:
     ap.add_argument("--seq-lengths", default="4096,8192,16384")
     ap.add_argument("--tiny", action="store_true", help="the tiny test model instead of the 1.5B shape")
     ap.add_argument("--num-layers", type=int, default=None, help="override the depth")
+    ap.add_argument("--recompute-modules", nargs="+", choices=["core_attn", "layernorm", "mlp"], default=None,
+                    help="ours with the trainer's selective recompute of these modules")
     ap.add_argument("--output", default=None)
     a = ap.parse_args(argv)
 
@@ -126,7 +155,7 @@ def main(argv=None) -> None:
         cfg["num_hidden_layers"] = a.num_layers
     rows = []
     for total in [int(x) for x in a.seq_lengths.split(",")]:
-        act, n = ours_saved(cfg, total)
+        act, n = ours_saved(cfg, total, a.recompute_modules)
         bact, bn = baseline_saved(cfg, total)
         row = {"tokens": total, "layers": cfg["num_hidden_layers"], "ours_activations_gib": act / GiB,
                "ours_held_gib": n * (2 + 4 + 4 + 8) / GiB, "baseline_activations_gib": bact / GiB,

@@ -107,6 +107,7 @@ class ModelBuildConfig:
     bf16: bool = False
     recompute_granularity: str | None = None  # None | "full" | "selective"
     recompute_num_layers: int = 1
+    recompute_modules: tuple[str, ...] | None = None  # selective: megatron's recompute_modules
     transformer_impl: str = "auto"  # auto | local | transformer_engine
     fp8_format: str | None = None
     fp8_recipe: str = "delayed"
@@ -164,7 +165,8 @@ def transformer_config(shape: Qwen2Shape, build: ModelBuildConfig):
         kwargs.update(recompute_granularity="full", recompute_method="uniform",
                       recompute_num_layers=build.recompute_num_layers)
     elif build.recompute_granularity == "selective":
-        kwargs.update(recompute_granularity="selective")
+        kwargs.update(recompute_granularity="selective",
+                      recompute_modules=list(build.recompute_modules or ("core_attn",)))
     if build.fp8_format:
         kwargs.update(fp8=build.fp8_format, fp8_recipe=build.fp8_recipe)
         if build.first_last_layers_bf16:

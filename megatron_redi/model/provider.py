@@ -24,6 +24,9 @@ def build_model(shape: Qwen2Shape, build: ModelBuildConfig, *, seed: int = 1234,
     if build.fp8_format and impl != "transformer_engine":
         raise RuntimeError("--fp8-format needs Transformer Engine on a GPU with FP8 support; it is not "
                            "available here, refusing to silently train in BF16")
+    if impl != "transformer_engine" and "layernorm" in (build.recompute_modules or ()):
+        raise RuntimeError("--recompute-modules layernorm needs Transformer Engine (megatron-core's "
+                           "output-discarding checkpoint reads TE's FP8 state); without TE use mlp")
     cfg = transformer_config(shape, build)
     spec = layer_spec(impl)
     norm = final_norm_spec(impl)

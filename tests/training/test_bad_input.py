@@ -18,10 +18,28 @@ BASE = ["--model-config", str(TINY), "--tokenizer-model", str(TINY), "--data-pat
     (["--redi-alpha", "1.2"], "--redi-alpha"),
     (["--micro-batch-size", "0"], "--micro-batch-size"),
     (["--lr-warmup-fraction", "2"], "--lr-warmup-fraction"),
+    (["--recompute-modules", "mlp", "--recompute-granularity", "full"], "--recompute-modules mlp"),
 ])
 def test_flag_errors(extra, match):
     with pytest.raises(ValueError, match=match):
         parse_args(BASE + extra)
+
+
+def test_recompute_modules_imply_selective():
+    cfg = parse_args(BASE + ["--recompute-modules", "mlp", "core_attn"])
+    assert cfg.recompute_granularity == "selective" and cfg.recompute_modules == ["mlp", "core_attn"]
+    with pytest.raises(SystemExit):  # argparse names the flag and the choices
+        parse_args(BASE + ["--recompute-modules", "moe"])
+
+
+def test_layernorm_recompute_needs_te(megatron_world):
+    from megatron_redi.model.config import ModelBuildConfig, Qwen2Shape
+    from megatron_redi.model.provider import build_model
+
+    build = ModelBuildConfig(transformer_impl="local", recompute_granularity="selective",
+                             recompute_modules=("layernorm",))
+    with pytest.raises(RuntimeError, match="--recompute-modules layernorm needs Transformer Engine"):
+        build_model(Qwen2Shape.from_hf(TINY), build)
 
 
 def _fails(tmp_path, args, nproc, match):

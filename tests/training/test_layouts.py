@@ -19,6 +19,7 @@ LAYOUTS = {
     "dp2": [],
     "dp2_distopt": ["--use-distributed-optimizer"],
     "dp2_recompute": ["--recompute-activations"],
+    "dp2_recompute_mlp": ["--recompute-modules", "mlp"],
 }
 
 
