@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The one prepared GPU run for issue 6 (a lent device: no network, no TE). Run from the repo root with
 # the megatron-core wheel for the device's Python in .whl/ (carried; see docs/benchmarks/README.md).
-# Writes JSON and logs under $OUT. Budget: ~6 min on an H100 for all three steps.
+# Writes JSON and logs under $OUT. Budget: ~7 min on an H100 for all four steps.
 set -euo pipefail
 OUT="${OUT:?set OUT to the folder that comes back}"
 mkdir -p "$OUT"
@@ -23,3 +23,6 @@ timeout 120 python3 tools/benchmark_logprobs.py --device cuda --repeats 3 --outp
 # 3. where a step's time goes, at 8k
 timeout 120 python3 tools/benchmark_train.py --seq-lengths 8192 --steps 1 --warmup 2 --no-baseline --profile \
   > "$OUT/profile_8k.txt" 2>&1 || true
+# 4. the memory knob for longer traces: selective MLP recompute at 16k (what it costs in tokens/s)
+timeout 90 python3 tools/benchmark_train.py --seq-lengths 16384 --steps 2 --warmup 1 --no-baseline \
+  --recompute-modules mlp --output "$OUT/train_recompute_mlp.json" 2>&1 | tail -3 | tee "$OUT/train_recompute_mlp.txt" || true

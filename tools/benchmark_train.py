@@ -110,7 +110,8 @@ def _timed(step, steps: int, warmup: int) -> tuple[float, float | None, float | 
     return min(times), static, _memory_peak()
 
 
-def bench_ours(cfg_dict, hf_state, total, steps, warmup, bf16, recompute, chunk=1024, profile=False) -> dict:
+def bench_ours(cfg_dict, hf_state, total, steps, warmup, bf16, recompute, chunk=1024, profile=False,
+               recompute_modules=None) -> dict:
     from megatron.core.pipeline_parallel import get_forward_backward_func
 
     from megatron_redi.checkpointing.convert import copy_hf_weights
@@ -125,8 +126,9 @@ def bench_ours(cfg_dict, hf_state, total, steps, warmup, bf16, recompute, chunk=
     from megatron_redi.training.optimizer import build_optimizer
 
     shape = Qwen2Shape.from_hf(cfg_dict)
-    build = ModelBuildConfig(bf16=bf16, fast_init=True, logprob_chunk_size=chunk,
-                             recompute_granularity="full" if recompute else None)
+    granularity = "full" if recompute else ("selective" if recompute_modules else None)
+    build = ModelBuildConfig(bf16=bf16, fast_init=True, logprob_chunk_size=chunk, recompute_granularity=granularity,
+                             recompute_modules=tuple(recompute_modules or ()))
     tcfg = TrainConfig(lr=1e-6, bf16=bf16, train_iters=10)
     ddp = build_ddp_model(tcfg, lambda pre_process, post_process: build_model(shape, build))
     copy_hf_weights(ddp.module, hf_state, shape)
@@ -228,7 +230,9 @@ def main(argv=None):
     ap.add_argument("--warmup", type=int, default=1, help="untimed steps first (>= 1: creates Adam's state)")
     ap.add_argument("--no-baseline", action="store_true")
     ap.add_argument("--bf16", action="store_true", help="bf16 on CPU too (the default there is fp32)")
-    ap.add_argument("--recompute", action="store_true")
+    ap.add_argument("--recompute", action="store_true", help="full activation recompute (ours)")
+    ap.add_argument("--recompute-modules", nargs="+", choices=["core_attn", "layernorm", "mlp"], default=None,
+                    help="selective recompute (ours), as the trainer's flag")
     ap.add_argument("--logprob-chunk-size", type=int, default=1024)
     ap.add_argument("--profile", action="store_true", help="print the top kernels of one step of ours")
     ap.add_argument("--output", default=None)
@@ -259,7 +263,7 @@ def main(argv=None):
     rows = []
     for total in [int(x) for x in a.seq_lengths.split(",")]:
         ours = bench_ours(cfg, hf_state, total, a.steps, a.warmup, bf16, a.recompute, a.logprob_chunk_size,
-                          a.profile)
+                          a.profile, a.recompute_modules)
         t = ours["step_s"]
         flops = model_flops(shape, ours["docs"])
         row = {"tokens": total, "layers": shape.num_hidden_layers, "ours_step_s": t,
