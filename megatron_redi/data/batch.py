@@ -41,6 +41,10 @@ class MicroBatch:
     ref_logps: torch.Tensor | None = None  # [D] float (DPO)
     num_units: int = 0  # pairs (or SFT documents) in this micro-batch
     num_real_tokens: int = 0
+    # set by the per-document CP split only: boundaries in the whole row, without and with the
+    # per-document padding (int32, Transformer Engine's THD cu_seqlens / cu_seqlens_padded)
+    cu_seqlens: torch.Tensor | None = None
+    cu_seqlens_padded: torch.Tensor | None = None
 
     def to(self, device) -> MicroBatch:
         kw = {}
@@ -49,19 +53,78 @@ class MicroBatch:
             kw[f.name] = v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v
         return MicroBatch(**kw)
 
-    def slice_for_cp(self, cp_rank: int, cp_size: int) -> MicroBatch:
-        """Megatron's load-balanced split: rank r keeps sequence chunks r and 2*cp-1-r."""
+    def slice_for_cp(self, cp_rank: int, cp_size: int, per_document: bool = False,
+                     local_multiple: int = 1) -> MicroBatch:
+        """This CP rank's share of the row. Row split (our SDPA attention, which all-gathers K/V with
+        the segment ids): rank r keeps row chunks r and 2*cp-1-r, Megatron's load balancing. Per-document
+        split (Transformer Engine's THD attention): every document, padding segment included, is padded
+        to a multiple of 2*cp and rank r keeps chunks r and 2*cp-1-r of each; pads are masked tokens of
+        their document. local_multiple: the per-document split pads the last document further until
+        each rank's share is a multiple of it (TP size under sequence parallelism)."""
         if cp_size == 1:
             return self
+        if per_document:
+            return self._slice_per_document(cp_rank, cp_size, local_multiple)
         s = self.tokens.shape[1]
         assert s % (2 * cp_size) == 0, f"sequence {s} not padded to a multiple of 2 x CP"
         c = s // (2 * cp_size)
         idx = torch.cat([torch.arange(cp_rank * c, (cp_rank + 1) * c),
                          torch.arange((2 * cp_size - 1 - cp_rank) * c, (2 * cp_size - cp_rank) * c)])
         kw = {f.name: getattr(self, f.name) for f in fields(self)}
-        for k in ("tokens", "labels", "loss_mask", "position_ids", "segment_ids"):
+        for k in PER_TOKEN:
             kw[k] = kw[k][:, idx.to(kw[k].device)]
         return MicroBatch(**kw)
+
+    def _slice_per_document(self, cp_rank: int, cp_size: int, local_multiple: int) -> MicroBatch:
+        if self.tokens.shape[0] != 1:
+            raise ValueError("the per-document (THD) CP split needs one packed row per micro-batch")
+        runs = segment_runs(self.segment_ids[0].cpu().numpy())
+        real = np.array([e - s for s, e in runs])
+        padded = -(-real // (2 * cp_size)) * (2 * cp_size)
+        while (padded.sum() // cp_size) % local_multiple:
+            padded[-1] += 2 * cp_size
+        # for each position of the padded row: the original position (-1 for a pad), its document, its
+        # offset inside the document
+        src = np.full(int(padded.sum()), -1)
+        doc = np.repeat(np.arange(len(runs)), padded)
+        offset = np.concatenate([np.arange(p) for p in padded])
+        starts = np.concatenate([[0], np.cumsum(padded)[:-1]])
+        for (s, e), p0 in zip(runs, starts, strict=True):
+            src[p0 : p0 + e - s] = np.arange(s, e)
+        keep = thd_cp_positions(padded.tolist(), cp_size, cp_rank)
+        idx, is_pad = src[keep], src[keep] < 0
+        pad_seg = self.segment_ids[0, [s for s, _ in runs]].cpu().numpy()[doc[keep]]
+        fill = {"tokens": 0, "labels": 0, "loss_mask": 0.0, "position_ids": offset[keep], "segment_ids": pad_seg}
+        kw = {f.name: getattr(self, f.name) for f in fields(self)}
+        for k in PER_TOKEN:
+            row = kw[k][0].cpu().numpy()[np.where(is_pad, 0, idx)]
+            row = np.where(is_pad, fill[k], row).astype(row.dtype)
+            kw[k] = torch.from_numpy(row).unsqueeze(0).to(kw[k].device)
+        cum = lambda n: torch.from_numpy(np.concatenate([[0], np.cumsum(n)])).to(torch.int32)
+        kw["cu_seqlens"], kw["cu_seqlens_padded"] = cum(real), cum(padded)
+        return MicroBatch(**kw)
+
+
+PER_TOKEN = ("tokens", "labels", "loss_mask", "position_ids", "segment_ids")
+
+
+def segment_runs(segments: np.ndarray) -> list[tuple[int, int]]:
+    """[start, end) of each run of equal segment id in one row."""
+    change = np.flatnonzero(segments[1:] != segments[:-1]) + 1
+    bounds = np.concatenate([[0], change, [segments.size]])
+    return list(zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True))
+
+
+def thd_cp_positions(padded_lengths: list[int], cp_size: int, cp_rank: int) -> np.ndarray:
+    """Positions of the per-document-padded row that `cp_rank` keeps: chunks r and 2*cp-1-r of each
+    document, in row order (Transformer Engine's THD load balancing)."""
+    out, start = [], 0
+    for n in padded_lengths:
+        c = n // (2 * cp_size)
+        out += [np.arange(start + cp_rank * c, start + (cp_rank + 1) * c),
+                np.arange(start + (2 * cp_size - 1 - cp_rank) * c, start + (2 * cp_size - cp_rank) * c)]
+        start += n
+    return np.concatenate(out) if out else np.zeros(0, dtype=np.int64)
 
 
 def pack(examples: list[Example], pad_to_multiple: int = 1, pad_id: int = 0) -> MicroBatch:

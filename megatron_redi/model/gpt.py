@@ -18,19 +18,50 @@ def cu_seqlens_from_segments(segment_ids: torch.Tensor) -> torch.Tensor:
     return torch.cat([torch.zeros(1, dtype=torch.int32, device=seg.device), ends.to(torch.int32)])
 
 
-def thd_params(cu_seqlens: torch.Tensor):
+def thd_params(cu_seqlens: torch.Tensor, cu_seqlens_padded: torch.Tensor | None = None):
     """Document boundaries as Transformer Engine's attention takes them (THD `PackedSeqParams`); our
-    SDPA attention takes segment ids in `attention_mask` instead."""
+    SDPA attention takes segment ids in `attention_mask` instead. Under CP, TE needs the whole row's
+    boundaries with every document padded to a multiple of 2 x CP (`MicroBatch.slice_for_cp(...,
+    per_document=True)` makes both)."""
     from megatron.core import parallel_state
     from megatron.core.packed_seq_params import PackedSeqParams
 
-    if parallel_state.get_context_parallel_world_size() > 1:
-        raise RuntimeError("packed documents with Transformer Engine and context parallelism need per-document "
-                           "CP partitioning, which is not implemented: use --transformer-impl local with CP")
-    mx = int((cu_seqlens[1:] - cu_seqlens[:-1]).max())
+    if cu_seqlens_padded is None:
+        if parallel_state.get_context_parallel_world_size() > 1:
+            raise RuntimeError("Transformer Engine attention under context parallelism needs each document "
+                               "padded to a multiple of 2 x CP: split micro-batches with "
+                               "MicroBatch.slice_for_cp(rank, cp, per_document=True)")
+        cu_seqlens_padded = cu_seqlens
+    mx = int((cu_seqlens_padded[1:] - cu_seqlens_padded[:-1]).max())
     return PackedSeqParams(qkv_format="thd", cu_seqlens_q=cu_seqlens, cu_seqlens_kv=cu_seqlens,
-                           cu_seqlens_q_padded=cu_seqlens, cu_seqlens_kv_padded=cu_seqlens,
+                           cu_seqlens_q_padded=cu_seqlens_padded, cu_seqlens_kv_padded=cu_seqlens_padded,
                            max_seqlen_q=mx, max_seqlen_kv=mx)
+
+
+def thd_kwargs(mb) -> dict:
+    """Model kwargs for a micro-batch split per document for CP (empty otherwise)."""
+    if mb.cu_seqlens is None:
+        return {}
+    return {"packed_seq_params": thd_params(mb.cu_seqlens.to(mb.tokens.device),
+                                            mb.cu_seqlens_padded.to(mb.tokens.device))}
+
+
+def check_thd_split_against_te(cu_seqlens_padded: torch.Tensor) -> None:
+    """Our per-document CP split must be the one TE's THD attention expects; compare with TE's own
+    index function once per process (it exists only with TE, on GPUs)."""
+    import transformer_engine_torch as tex
+    from megatron.core import parallel_state as ps
+
+    from megatron_redi.data.batch import thd_cp_positions
+
+    cp, rank = ps.get_context_parallel_world_size(), ps.get_context_parallel_rank()
+    total = int(cu_seqlens_padded[-1])
+    want = tex.thd_get_partitioned_indices(cu_seqlens_padded, total, cp, rank).cpu()
+    lengths = (cu_seqlens_padded[1:] - cu_seqlens_padded[:-1]).tolist()
+    got = torch.from_numpy(thd_cp_positions(lengths, cp, rank))
+    if not torch.equal(want.long(), got.long()):
+        raise RuntimeError(f"per-document CP split differs from Transformer Engine's on CP rank {rank}: "
+                           f"ours {got[:8].tolist()}..., TE {want[:8].tolist()}...")
 
 
 class RediGPTModel(GPTModel):
@@ -45,13 +76,21 @@ class RediGPTModel(GPTModel):
         # [b, s] expected d loss / d logp, set by the forward step for linear objectives (one use)
         self.pending_token_weights: torch.Tensor | None = None
         self.transformer_impl = transformer_impl
+        self._thd_split_checked = False
 
     def forward(self, input_ids, position_ids, attention_mask, *args, packed_seq_params=None, **kwargs):
         """`attention_mask` carries segment ids [b, s]. Our SDPA attention reads them directly; for
         Transformer Engine's attention they become THD `PackedSeqParams` here, so every caller
         (trainer, scorer, benchmarks) passes documents the same way."""
-        if self.transformer_impl == "transformer_engine" and attention_mask is not None and packed_seq_params is None:
-            packed_seq_params = thd_params(cu_seqlens_from_segments(attention_mask))
+        if self.transformer_impl == "transformer_engine" and attention_mask is not None:
+            if packed_seq_params is None:
+                packed_seq_params = thd_params(cu_seqlens_from_segments(attention_mask))
+            elif not self._thd_split_checked and packed_seq_params.cu_seqlens_q_padded is not None:
+                from megatron.core import parallel_state as ps
+
+                if ps.get_context_parallel_world_size() > 1:
+                    check_thd_split_against_te(packed_seq_params.cu_seqlens_q_padded)
+                self._thd_split_checked = True
             attention_mask = None
         return super().forward(input_ids, position_ids, attention_mask, *args, packed_seq_params=packed_seq_params,
                                **kwargs)

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
-from megatron_redi.data.batch import Example, pack
+from megatron_redi.data.batch import Example, pack, thd_cp_positions
 from megatron_redi.data.dataset import make_micro_batches, pad_multiple
 from megatron_redi.data.sampler import GlobalBatchSampler
 from megatron_redi.data.tokenize import ChatEncoder, TokenizeConfig, load_tokenizer
@@ -47,6 +48,52 @@ def test_cp_slice_is_megatron_load_balanced_order():
     assert r0 == full[:c] + full[3 * c :]
     assert r1 == full[c : 2 * c] + full[2 * c : 3 * c]
     assert pad_multiple(2, 2, True) == 4 and pad_multiple(4, 3, True) == 12 and pad_multiple(2, 1, False) == 1
+
+
+def _brute_thd_positions(padded, cp, r):
+    """Transformer Engine's THD split spelled out: each document cut into 2*cp equal chunks."""
+    out, start = [], 0
+    for n in padded:
+        chunks = [list(range(start + i * n // (2 * cp), start + (i + 1) * n // (2 * cp))) for i in range(2 * cp)]
+        out += chunks[r] + chunks[2 * cp - 1 - r]
+        start += n
+    return out
+
+
+@pytest.mark.parametrize("cp,local_multiple", [(2, 1), (3, 1), (2, 4)])
+def test_per_document_cp_split(cp, local_multiple):
+    """Every real token lands on exactly one rank, once; pads are masked tokens of their own document;
+    shares are equal (and a multiple of local_multiple); per-document masked sums over ranks equal the
+    unsplit ones; the boundaries are the documents' own, padded to multiples of 2*cp."""
+    g = torch.Generator().manual_seed(cp)
+    rnd = lambda n: torch.randint(3, 300, (n,), generator=g).tolist()
+    mb = pack([Example(rnd(5), [rnd(7), rnd(4)]), Example(rnd(3), [rnd(9), rnd(2)])], pad_to_multiple=4)
+    n = mb.tokens.shape[1]
+    mb.position_ids = torch.arange(n)[None] + 1000  # tags where each token came from; pads get offsets < 1000
+    value = torch.randn(n, generator=g, dtype=torch.float64)
+    want = torch.zeros(5, dtype=torch.float64).index_add_(0, mb.segment_ids[0] + 1, value * mb.loss_mask[0])
+    seen, got, shares = [], torch.zeros(5, dtype=torch.float64), set()
+    for r in range(cp):
+        part = mb.slice_for_cp(r, cp, per_document=True, local_multiple=local_multiple)
+        real = part.position_ids[0] >= 1000  # pads carry their offset inside the document instead
+        src = part.position_ids[0][real] - 1000
+        seen += src.tolist()
+        assert torch.equal(part.tokens[0][real], mb.tokens[0, src])
+        assert torch.equal(part.segment_ids[0][real], mb.segment_ids[0, src])
+        assert (part.loss_mask[0][~real] == 0).all() and (part.tokens[0][~real] == 0).all()
+        local_value = torch.zeros(part.tokens.shape[1], dtype=torch.float64)
+        local_value[real] = value[src]
+        got.index_add_(0, part.segment_ids[0] + 1, local_value * part.loss_mask[0])
+        shares.add(part.tokens.shape[1])
+        assert part.tokens.shape[1] % local_multiple == 0
+        lengths = (part.cu_seqlens_padded[1:] - part.cu_seqlens_padded[:-1]).tolist()
+        assert all(x % (2 * cp) == 0 for x in lengths)
+        # this rank's positions in the padded row are TE's chunks r and 2cp-1-r of every document
+        assert thd_cp_positions(lengths, cp, r).tolist() == _brute_thd_positions(lengths, cp, r)
+    assert sorted(seen) == list(range(n)) and len(shares) == 1
+    torch.testing.assert_close(got, want)
+    runs = [0] + [i for i in range(1, n) if mb.segment_ids[0, i] != mb.segment_ids[0, i - 1]] + [n]
+    assert part.cu_seqlens.tolist() == runs
 
 
 def test_completion_is_assistant_turn_plus_eos():
