@@ -58,23 +58,16 @@ def loss_func(batch, global_units: float, output_tensor):
 
 def forward_step(data_iterator, model):
     """One micro-batch through this stage; the last stage returns per-token log-probs."""
-    from megatron.core import parallel_state as ps
-
     from megatron_redi.checkpointing.training import unwrap
-    from megatron_redi.model.gpt import thd_kwargs
+    from megatron_redi.model.gpt import micro_batch_for_this_rank
     from megatron_redi.objectives.compute import linear_token_weights
-    from megatron_redi.platform.distributed import device
 
     item = next(data_iterator)
     bare = unwrap(model)
-    per_document = bare.transformer_impl == "transformer_engine"  # TE's THD attention splits per document
-    sp_tp = ps.get_tensor_model_parallel_world_size() if _CFG.sequence_parallel else 1
-    mb = item.batch.slice_for_cp(ps.get_context_parallel_rank(), ps.get_context_parallel_world_size(), per_document,
-                                 sp_tp)
-    mb = mb.to(device())
+    mb, kwargs = micro_batch_for_this_rank(bare, item.batch)
     if bare.post_process:
         bare.pending_token_weights = linear_token_weights(mb, _CFG.objective, item.global_units)
-    output = model(mb.tokens, mb.position_ids, mb.segment_ids, labels=mb.labels, **thd_kwargs(mb))
+    output = model(mb.tokens, mb.position_ids, mb.segment_ids, labels=mb.labels, **kwargs)
     return output, partial(loss_func, mb, item.global_units)
 
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -32,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from tools.benchmark_train import SHAPE_1P5B, _pair  # noqa: E402
+from tools.benchmark_train import _pair, benchmark_model_config, hf_config  # noqa: E402
 
 GiB = 2**30
 
@@ -113,9 +112,9 @@ def ours_saved(cfg: dict, total: int, recompute_modules: list[str] | None = None
 
 
 def baseline_saved(cfg: dict, total: int) -> tuple[int, int]:
-    from transformers import Qwen2Config, Qwen2ForCausalLM
+    from transformers import Qwen2ForCausalLM
 
-    conf = Qwen2Config(**{k: v for k, v in cfg.items() if k not in ("architectures", "model_type")})
+    conf = hf_config(cfg)
     with torch.device("meta"):
         model = Qwen2ForCausalLM._from_config(conf, attn_implementation="sdpa", dtype=torch.bfloat16)
     p, c, r = _pair(total, conf.vocab_size)
@@ -139,20 +138,7 @@ def main(argv=None) -> None:
     ap.add_argument("--output", default=None)
     a = ap.parse_args(argv)
 
-    from megatron_redi.platform.distributed import ParallelConfig, init_distributed, init_model_parallel, set_seed
-
-    os.environ.setdefault("MASTER_PORT", "29556")
-    init_distributed()
-    init_model_parallel(ParallelConfig())
-    set_seed(1234)
-    if a.tiny:
-        from megatron_redi.data.tiny_assets import TINY_QWEN2_CONFIG
-
-        cfg = dict(TINY_QWEN2_CONFIG, vocab_size=384)
-    else:
-        cfg = dict(SHAPE_1P5B)
-    if a.num_layers:
-        cfg["num_hidden_layers"] = a.num_layers
+    cfg = benchmark_model_config(a.tiny, a.num_layers, "29556")
     rows = []
     for total in [int(x) for x in a.seq_lengths.split(",")]:
         act, n = ours_saved(cfg, total, a.recompute_modules)

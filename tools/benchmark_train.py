@@ -81,13 +81,39 @@ def _memory_peak() -> float | None:
         return None
 
 
+def hf_config(cfg_dict: dict):
+    from transformers import Qwen2Config
+
+    return Qwen2Config(**{k: v for k, v in cfg_dict.items() if k not in ("architectures", "model_type")})
+
+
+def benchmark_model_config(tiny: bool, num_layers: int | None, port: str) -> dict:
+    """A one-process world (megatron's parallel state and RNG) and the HF config dict to benchmark:
+    the 1.5B shape, or the tiny test model for CPU smoke runs; `num_layers` overrides the depth."""
+    from megatron_redi.platform.distributed import ParallelConfig, init_distributed, init_model_parallel, set_seed
+
+    os.environ.setdefault("MASTER_PORT", port)
+    init_distributed()
+    init_model_parallel(ParallelConfig())
+    set_seed(1234)
+    if tiny:
+        from megatron_redi.data.tiny_assets import TINY_QWEN2_CONFIG
+
+        cfg = dict(TINY_QWEN2_CONFIG, vocab_size=384)
+    else:
+        cfg = dict(SHAPE_1P5B)
+    if num_layers:
+        cfg["num_hidden_layers"] = num_layers
+    return cfg
+
+
 def hf_initial_state(cfg_dict: dict, dtype: torch.dtype) -> dict[str, torch.Tensor]:
     """One random Qwen2 initialisation (HF's own init, on CPU) that both contenders start from, so their
     first-step losses must agree: the check that they compute the same thing."""
-    from transformers import Qwen2Config, Qwen2ForCausalLM
+    from transformers import Qwen2ForCausalLM
 
     torch.manual_seed(0)
-    conf = Qwen2Config(**{k: v for k, v in cfg_dict.items() if k not in ("architectures", "model_type")})
+    conf = hf_config(cfg_dict)
     with torch.device("cuda" if torch.cuda.is_available() else "cpu"):  # init is slow on the host at 1.5B
         model = Qwen2ForCausalLM(conf)
     # kept on the host: on the GPU it would count in both contenders' memory
@@ -175,11 +201,11 @@ def bench_ours(cfg_dict, hf_state, total, steps, warmup, bf16, recompute, chunk=
 
 
 def bench_baseline(cfg_dict, hf_state, total, steps, warmup, bf16) -> dict:
-    from transformers import Qwen2Config, Qwen2ForCausalLM
+    from transformers import Qwen2ForCausalLM
 
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = torch.bfloat16 if bf16 else torch.float32
-    conf = Qwen2Config(**{k: v for k, v in cfg_dict.items() if k not in ("architectures", "model_type")})
+    conf = hf_config(cfg_dict)
     with torch.device(dev):
         model = Qwen2ForCausalLM._from_config(conf, attn_implementation="sdpa", torch_dtype=dtype)
     model.load_state_dict(hf_state, strict=False)  # a tied checkpoint may omit lm_head.weight
@@ -241,21 +267,9 @@ def main(argv=None):
         ap.error("--warmup and --steps must be >= 1")
 
     from megatron_redi.model.config import Qwen2Shape
-    from megatron_redi.platform.distributed import ParallelConfig, init_distributed, init_model_parallel, set_seed
     from megatron_redi.training.metrics import model_flops, peak_tflops
 
-    os.environ.setdefault("MASTER_PORT", "29555")
-    init_distributed()
-    init_model_parallel(ParallelConfig())
-    set_seed(1234)
-    if a.tiny:
-        from megatron_redi.data.tiny_assets import TINY_QWEN2_CONFIG
-
-        cfg = dict(TINY_QWEN2_CONFIG, vocab_size=384)
-    else:
-        cfg = dict(SHAPE_1P5B)
-    if a.num_layers:
-        cfg["num_hidden_layers"] = a.num_layers
+    cfg = benchmark_model_config(a.tiny, a.num_layers, "29555")
     bf16 = torch.cuda.is_available() or a.bf16
     hf_state = hf_initial_state(cfg, torch.bfloat16 if bf16 else torch.float32)
     peak = peak_tflops()

@@ -18,6 +18,8 @@ from megatron.core import parallel_state
 from megatron.core.transformer.module import MegatronModule
 from torch.nn.attention.bias import causal_lower_right
 
+from megatron_redi.data.batch import segment_runs
+
 
 def cp_chunk_positions(seq_local: int, cp_rank: int, cp_size: int, device) -> torch.Tensor:
     """Global positions held by `cp_rank` under Megatron's load-balanced split (chunks r, 2cp-1-r)."""
@@ -68,19 +70,6 @@ def _gather_cp(x: torch.Tensor, group, cp_size: int, differentiable: bool) -> to
     return torch.cat(ordered, dim=0)
 
 
-def _segment_runs(segments: torch.Tensor) -> list[list[tuple[int, int]]]:
-    """Contiguous [start, end) runs of equal segment id per row (one host sync per forward)."""
-    runs = []
-    for row in segments.tolist():
-        r, start = [], 0
-        for i in range(1, len(row) + 1):
-            if i == len(row) or row[i] != row[start]:
-                r.append((start, i))
-                start = i
-        runs.append(r)
-    return runs
-
-
 class SDPACoreAttention(MegatronModule):
     """Drop-in `core_attention` for megatron's `SelfAttention` (same constructor and call)."""
 
@@ -91,20 +80,15 @@ class SDPACoreAttention(MegatronModule):
         self.dropout_p = config.attention_dropout if attention_dropout is None else attention_dropout
         self._runs_cache: tuple[torch.Tensor, list] | None = None
 
-    def _runs(self, segments: torch.Tensor):
-        # Every layer receives the same mask tensor; decode its runs once per forward.
-        if self._runs_cache is None or self._runs_cache[0] is not segments:
-            self._runs_cache = (segments, _segment_runs(segments))
-        return self._runs_cache[1]
-
-    def _cp_runs(self, segments, b: int, s_full: int, group, cp_size: int, device):
-        """Document runs over the whole (all-gathered) row. Every layer gets the same mask tensor, so
-        the segment ids are gathered and decoded once per forward, not once per layer."""
+    def _runs(self, segments, b: int, s_full: int, gather=None) -> list[list[tuple[int, int]]]:
+        """[start, end) of each document per row, over the whole row (`gather` all-gathers the segment
+        ids under CP). Every layer gets the same mask tensor, so this runs once per forward (one host
+        sync), not once per layer."""
         if segments is None:
             return [[(0, s_full)]] * b
         if self._runs_cache is None or self._runs_cache[0] is not segments:
-            full = _gather_cp(segments.t(), group, cp_size, False).t()
-            self._runs_cache = (segments, _segment_runs(full))
+            full = segments if gather is None else gather(segments)
+            self._runs_cache = (segments, [segment_runs(row) for row in full.cpu().numpy()])
         return self._runs_cache[1]
 
     def forward(self, query, key, value, attention_mask, attn_mask_type=None, attention_bias=None,
@@ -117,47 +101,43 @@ class SDPACoreAttention(MegatronModule):
         q = query.permute(1, 2, 0, 3)
         cp_size = parallel_state.get_context_parallel_world_size()
 
-        if cp_size > 1:
-            group = parallel_state.get_context_parallel_group()
-            k = _gather_cp(key, group, cp_size, True).permute(1, 2, 0, 3)
-            v = _gather_cp(value, group, cp_size, True).permute(1, 2, 0, 3)
-            runs = self._cp_runs(attention_mask, b, k.shape[2], group, cp_size, q.device)
-            half = sq // 2
-            starts = cp_chunk_positions(sq, parallel_state.get_context_parallel_rank(), cp_size, "cpu")[::half]
+        if cp_size == 1 and attention_mask is None:
+            out = F.scaled_dot_product_attention(q, key.permute(1, 2, 0, 3), value.permute(1, 2, 0, 3),
+                                                 is_causal=True, dropout_p=dropout, scale=self.softmax_scale,
+                                                 enable_gqa=gqa)
+        else:
+            if cp_size > 1:
+                group = parallel_state.get_context_parallel_group()
+                k = _gather_cp(key, group, cp_size, True).permute(1, 2, 0, 3)
+                v = _gather_cp(value, group, cp_size, True).permute(1, 2, 0, 3)
+                half = sq // 2
+                starts = cp_chunk_positions(sq, parallel_state.get_context_parallel_rank(), cp_size, "cpu")[::half]
+                # (local offset, row position, length) of this rank's two query chunks
+                chunks = [(0, int(starts[0]), half), (half, int(starts[1]), half)]
+                runs = self._runs(attention_mask, b, k.shape[2],
+                                  lambda seg: _gather_cp(seg.t(), group, cp_size, False).t())
+            else:
+                k, v = key.permute(1, 2, 0, 3), value.permute(1, 2, 0, 3)
+                chunks = [(0, 0, sq)]
+                runs = self._runs(attention_mask, b, sq)
+            # One causal (flash-eligible) SDPA call per (query chunk, document) instead of an s x s mask
             rows = []
             for bi in range(b):
                 parts = []
-                for local0, g0 in zip((0, half), starts.tolist(), strict=True):
+                for local0, g0, n in chunks:
                     for ds, de in runs[bi]:
-                        qa, qb = max(ds, g0), min(de, g0 + half)
+                        qa, qb = max(ds, g0), min(de, g0 + n)
                         if qa >= qb:
                             continue
-                        # queries [qa, qb) of a document starting at ds see keys [ds, qb): causal
-                        # aligned at the bottom right, which flash/cuDNN run without an s x s mask
+                        # queries [qa, qb) of a document starting at ds see keys [ds, qb); a chunk that
+                        # starts inside the document aligns the causal mask at the bottom right
+                        causal = ({"is_causal": True} if qa == ds
+                                  else {"attn_mask": causal_lower_right(qb - qa, qb - ds)})
                         parts.append(F.scaled_dot_product_attention(
                             q[bi : bi + 1, :, local0 + qa - g0 : local0 + qb - g0],
-                            k[bi : bi + 1, :, ds:qb], v[bi : bi + 1, :, ds:qb],
-                            attn_mask=causal_lower_right(qb - qa, qb - ds), dropout_p=dropout,
-                            scale=self.softmax_scale, enable_gqa=gqa))
+                            k[bi : bi + 1, :, ds:qb], v[bi : bi + 1, :, ds:qb], dropout_p=dropout,
+                            scale=self.softmax_scale, enable_gqa=gqa, **causal))
                 rows.append(torch.cat(parts, dim=2))
             out = torch.cat(rows, dim=0)
-        else:
-            k = key.permute(1, 2, 0, 3)
-            v = value.permute(1, 2, 0, 3)
-            if attention_mask is None:
-                out = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout,
-                                                     scale=self.softmax_scale, enable_gqa=gqa)
-            else:
-                # One causal (flash-eligible) call per document instead of an s x s mask.
-                rows = []
-                for bi, runs in enumerate(self._runs(attention_mask)):
-                    parts = [
-                        F.scaled_dot_product_attention(
-                            q[bi : bi + 1, :, s:e], k[bi : bi + 1, :, s:e], v[bi : bi + 1, :, s:e],
-                            is_causal=True, dropout_p=dropout, scale=self.softmax_scale, enable_gqa=gqa)
-                        for s, e in runs
-                    ]
-                    rows.append(torch.cat(parts, dim=2))
-                out = torch.cat(rows, dim=0)
         # [b, np, s, hn] -> [s, b, np * hn]
         return out.permute(2, 0, 1, 3).reshape(sq, b, np_ * hn)

@@ -46,6 +46,22 @@ def thd_kwargs(mb) -> dict:
                                             mb.cu_seqlens_padded.to(mb.tokens.device))}
 
 
+def micro_batch_for_this_rank(model, mb):
+    """This rank's share of a micro-batch, on the device, and the extra kwargs the model needs for it.
+    Our SDPA attention takes the row split; TE's THD attention the per-document one, with each rank's
+    share a multiple of TP under sequence parallelism."""
+    from megatron.core import parallel_state as ps
+
+    from megatron_redi.platform.distributed import device
+
+    cfg = model.config
+    local = mb.slice_for_cp(ps.get_context_parallel_rank(), ps.get_context_parallel_world_size(),
+                            per_document=model.transformer_impl == "transformer_engine",
+                            local_multiple=cfg.tensor_model_parallel_size if cfg.sequence_parallel else 1)
+    local = local.to(device())
+    return local, thd_kwargs(local)
+
+
 def check_thd_split_against_te(cu_seqlens_padded: torch.Tensor) -> None:
     """Our per-document CP split must be the one TE's THD attention expects; compare with TE's own
     index function once per process (it exists only with TE, on GPUs)."""

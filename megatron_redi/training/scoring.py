@@ -26,7 +26,7 @@ def score_pairs(cfg: TrainConfig, model_provider, dataset_provider, batch_pairs:
     from megatron.core.pipeline_parallel import get_forward_backward_func
 
     from megatron_redi.checkpointing.training import load_pretrained, unwrap
-    from megatron_redi.model.gpt import thd_kwargs
+    from megatron_redi.model.gpt import micro_batch_for_this_rank
     from megatron_redi.objectives.compute import document_sums
     from megatron_redi.platform.distributed import (
         ParallelConfig,
@@ -53,11 +53,8 @@ def score_pairs(cfg: TrainConfig, model_provider, dataset_provider, batch_pairs:
 
     def forward_step(it, m):
         item = next(it)
-        per_document = unwrap(m).transformer_impl == "transformer_engine"
-        mb = item.batch.slice_for_cp(ps.get_context_parallel_rank(), cfg.context_parallel_size, per_document,
-                                     cfg.tensor_model_parallel_size if cfg.sequence_parallel else 1)
-        mb = mb.to(device())
-        out = m(mb.tokens, mb.position_ids, mb.segment_ids, labels=mb.labels, **thd_kwargs(mb))
+        mb, kwargs = micro_batch_for_this_rank(unwrap(m), item.batch)
+        out = m(mb.tokens, mb.position_ids, mb.segment_ids, labels=mb.labels, **kwargs)
 
         def loss_func(logp):
             sums = document_sums(logp, mb, cp_group).detach()
