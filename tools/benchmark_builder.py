@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--output", default=None, help="JSON file for the results (default: WORKDIR/results.json)")
     args = p.parse_args(argv)
 
-    from megatron_redi.data.raw_synthetic import RawSyntheticConfig, write_raw
+    from megatron_redi.prep.raw_synthetic import RawSyntheticConfig, write_raw
 
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)

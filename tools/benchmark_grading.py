@@ -26,8 +26,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from megatron_redi.evaluation import benchmarks  # noqa: E402
-from megatron_redi.evaluation.graders import GradeRequest  # noqa: E402
-from megatron_redi.evaluation.pool import GradingPool  # noqa: E402
+from megatron_redi.grading.graders import GradeRequest  # noqa: E402
+from megatron_redi.grading.pool import GradingPool  # noqa: E402
 
 TINY = Path(__file__).resolve().parents[1] / "megatron_redi" / "assets" / "tiny_qwen2"
 FILLER = (

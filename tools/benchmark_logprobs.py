@@ -32,9 +32,9 @@ def run_variant(variant: str, seq: int, hidden: int, vocab: int, dev: str, chunk
     import torch
 
     from megatron_redi.data.batch import Example, pack
-    from megatron_redi.objectives.compute import linear_token_weights, micro_batch_loss
     from megatron_redi.objectives.logprobs import vocab_parallel_logprobs
     from megatron_redi.objectives.losses import ObjectiveConfig
+    from megatron_redi.objectives.objective import build_objective
     from megatron_redi.platform.distributed import ParallelConfig, init_distributed, init_model_parallel
 
     os.environ.setdefault("MASTER_PORT", "29561")
@@ -51,7 +51,7 @@ def run_variant(variant: str, seq: int, hidden: int, vocab: int, dev: str, chunk
     # built in place: a transient copy here would raise the baseline peak and hide real growth later
     hid = torch.randn(s, 1, hidden, generator=g).mul_(0.5).to(dev, dtype).requires_grad_(True)
     w = torch.randn(vocab, hidden, generator=g).mul_(0.02).to(dev, dtype).requires_grad_(True)
-    obj = ObjectiveConfig("redi")
+    obj = build_objective(ObjectiveConfig("redi"))
     if dev == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -61,14 +61,14 @@ def run_variant(variant: str, seq: int, hidden: int, vocab: int, dev: str, chunk
         hid.grad = w.grad = None
         t0 = time.perf_counter()
         if variant == "chunked":
-            tw = linear_token_weights(mb, obj, 1.0)
+            tw = obj.token_weights(mb, 1.0)
             lp = vocab_parallel_logprobs(hid, w, mb.labels.t(), true_vocab_size=vocab, chunk_size=chunk,
                                          token_weights=tw.t())
-            loss, _ = micro_batch_loss(lp.t(), mb, obj, 1.0)
+            loss, _ = obj.loss(lp.t(), mb, 1.0)
         else:
             logits = (hid[:, 0] @ w.t()).float()
             lp = torch.log_softmax(logits, -1).gather(-1, mb.labels[0, :, None]).squeeze(-1)[None]
-            loss, _ = micro_batch_loss(lp, mb, obj, 1.0)
+            loss, _ = obj.loss(lp, mb, 1.0)
         loss.backward()
         if dev == "cuda":
             torch.cuda.synchronize()

@@ -140,46 +140,37 @@ def bench_ours(cfg_dict, hf_state, total, steps, warmup, bf16, recompute, chunk=
                recompute_modules=None) -> dict:
     from megatron.core.pipeline_parallel import get_forward_backward_func
 
-    from megatron_redi.checkpointing.convert import copy_hf_weights
+    from megatron_redi.conversion.convert import copy_hf_weights
     from megatron_redi.data.batch import Example, pack
     from megatron_redi.model.config import ModelBuildConfig, Qwen2Shape
     from megatron_redi.model.provider import build_model
-    from megatron_redi.objectives.compute import linear_token_weights, micro_batch_loss
     from megatron_redi.objectives.losses import ObjectiveConfig
-    from megatron_redi.platform.distributed import device
-    from megatron_redi.training.arguments import TrainConfig
-    from megatron_redi.training.loop import build_ddp_model
+    from megatron_redi.objectives.objective import build_objective
+    from megatron_redi.platform.distributed import ParallelConfig
+    from megatron_redi.training.config import OptimizerArgs
+    from megatron_redi.training.forward_step import StepInput, make_forward_step
     from megatron_redi.training.optimizer import build_optimizer
+    from megatron_redi.training.setup import build_ddp_model
 
     shape = Qwen2Shape.from_hf(cfg_dict)
     granularity = "full" if recompute else ("selective" if recompute_modules else None)
     build = ModelBuildConfig(bf16=bf16, fast_init=True, logprob_chunk_size=chunk, recompute_granularity=granularity,
                              recompute_modules=tuple(recompute_modules or ()))
-    tcfg = TrainConfig(lr=1e-6, bf16=bf16, train_iters=10)
-    ddp = build_ddp_model(tcfg, lambda pre_process, post_process: build_model(shape, build))
+    ddp = build_ddp_model(lambda pre_process, post_process: build_model(shape, build), ParallelConfig())
     copy_hf_weights(ddp.module, hf_state, shape)
-    opt, sched = build_optimizer(tcfg, [ddp], 10)
+    opt, sched = build_optimizer(OptimizerArgs(lr=1e-6), [ddp], 10, bf16=bf16)
     p, c, r = _pair(total, shape.vocab_size)
-    mb = pack([Example(p, [c, r])]).to(device())
-    obj = ObjectiveConfig("redi")
+    mb = pack([Example(p, [c, r])])
+    objective = build_objective(ObjectiveConfig("redi"))
     fwd_bwd = get_forward_backward_func()
+    forward_step = make_forward_step(objective)  # the trainer's own forward step
     losses = []
 
-    def fstep(it, m):
-        next(it)
-        m.module.pending_token_weights = linear_token_weights(mb, obj, 1.0)
-        out = m(mb.tokens, mb.position_ids, mb.segment_ids, labels=mb.labels)
-
-        def lf(o):
-            loss, met = micro_batch_loss(o, mb, obj, 1.0)
-            if not losses:
-                losses.append(float(loss))
-            return loss, torch.tensor(1), met
-        return out, lf
-
     def train_step():
-        fwd_bwd(forward_step_func=fstep, data_iterator=iter([0]), model=[ddp], num_microbatches=1,
-                seq_length=mb.tokens.shape[1], micro_batch_size=1, forward_only=False)
+        out = fwd_bwd(forward_step_func=forward_step, data_iterator=iter([StepInput(mb, 1.0)]), model=[ddp],
+                      num_microbatches=1, seq_length=mb.tokens.shape[1], micro_batch_size=1, forward_only=False)
+        if not losses:
+            losses.append(float(out[0]["loss"]))
         opt.step()
         sched.step(1)
         ddp.zero_grad_buffer()
@@ -267,7 +258,7 @@ def main(argv=None):
         ap.error("--warmup and --steps must be >= 1")
 
     from megatron_redi.model.config import Qwen2Shape
-    from megatron_redi.training.metrics import model_flops, peak_tflops
+    from megatron_redi.training.throughput import model_flops, peak_tflops
 
     cfg = benchmark_model_config(a.tiny, a.num_layers, "29555")
     bf16 = torch.cuda.is_available() or a.bf16

@@ -6,7 +6,7 @@
 Writes OUT/sft.jsonl (first correct generation per problem), OUT/pairs.jsonl (first correct vs first
 incorrect), OUT/report.json and OUT/report.md (rows left after every rule, next to the paper's 77,629 and
 53,175). The defaults are the paper's rules; every rule has a flag. The logic lives in
-`megatron_redi.data.builder`; this file only parses arguments.
+`megatron_redi.prep` (orchestration in `megatron_redi.prep.builder`); this file only parses arguments.
 """
 
 from __future__ import annotations
@@ -110,7 +110,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def config_from_args(args: argparse.Namespace):
-    from megatron_redi.data.builder import BuilderConfig
+    from megatron_redi.prep.config import BuilderConfig
 
     return BuilderConfig(
         input=args.input,
@@ -143,12 +143,13 @@ def config_from_args(args: argparse.Namespace):
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-    from megatron_redi.data.builder import MalformedRowError, build
+    from megatron_redi.data.errors import DataError
+    from megatron_redi.prep.builder import build
 
     args = parse_args(argv)
     try:
         build(config_from_args(args))
-    except MalformedRowError as e:
+    except DataError as e:  # --strict: the first malformed row, named by file and row
         print(f"error: {e}", file=sys.stderr)
         return 2
     print((Path(args.output_dir) / "report.md").read_text())

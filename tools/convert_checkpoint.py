@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> Path:
     args = build_parser().parse_args(argv)
     # megatron's notices (no TE / Apex here, deprecations inside it) say nothing about a conversion
     warnings.filterwarnings("ignore", module=r"megatron\.")
-    from megatron_redi.checkpointing import convert
+    from megatron_redi.conversion import convert
 
     if args.command == "hf-to-mcore":
         out = convert.hf_to_mcore(args.hf_dir, args.output, rope_theta=args.rope_theta,

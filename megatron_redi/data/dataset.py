@@ -19,8 +19,9 @@ import numpy as np
 from tqdm import tqdm
 
 from megatron_redi.data.batch import Example, MicroBatch, pack
+from megatron_redi.data.errors import DataError
 from megatron_redi.data.indexed import TokenizedDataset, TokenizedWriter
-from megatron_redi.data.schema import DataError, iter_rows, parse_pair_row, parse_sft_row
+from megatron_redi.data.schema import iter_rows, parse_pair_row, parse_sft_row
 from megatron_redi.data.tokenize import ChatEncoder, TokenizeConfig, load_tokenizer
 
 CACHE_FORMAT = 1

@@ -6,15 +6,13 @@ enters a collective.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from pathlib import Path
 
+from megatron_redi.data.errors import DataError
+from megatron_redi.data.readers import is_save_to_disk, read_rows, resolve_inputs
+
 Message = dict[str, str]
-
-
-class DataError(ValueError):
-    """A malformed input row; the message names the file and row."""
 
 
 def _as_messages(value, role: str, where: str, field: str) -> list[Message]:
@@ -69,26 +67,19 @@ def parse_pair_row(row: dict, where: str, need_reference: bool = False) -> dict:
 
 
 def iter_rows(path: str | Path) -> Iterator[tuple[dict, str]]:
-    """Yield (row, "file:row N") from JSONL, Parquet or an HF `save_to_disk` folder."""
+    """Yield (row, "file: row N") from JSONL, Parquet, an Arrow file or an HF `save_to_disk` folder (its
+    "train" split for a DatasetDict) or a folder of such files. N is the 1-based line of a JSON-lines file,
+    else the 1-based row of the file (of the whole dataset for a `save_to_disk` folder); a file with another
+    suffix is read as JSON lines."""
     p = Path(path)
     if not p.exists():
         raise FileNotFoundError(f"--data-path: {p} does not exist")
-    if p.is_dir() or p.suffix in (".parquet", ".arrow"):
-        import datasets
-
-        ds = datasets.load_from_disk(str(p)) if p.is_dir() else datasets.load_dataset(
-            "parquet", data_files=str(p), split="train")
-        for i, row in enumerate(ds):
-            yield row, f"{p}: row {i + 1}"
-        return
-    with open(p, encoding="utf-8") as f:
-        for i, line in enumerate(f):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{p}: row {i + 1}: invalid JSON ({e.msg})") from None
-            if not isinstance(row, dict):
-                raise DataError(f"{p}: row {i + 1}: expected a JSON object")
-            yield row, f"{p}: row {i + 1}"
+    one = p.is_file() or is_save_to_disk(p)  # rows are named after `path` itself, not its Arrow shards
+    for n, raw in enumerate(read_rows(resolve_inputs([p], default_kind="jsonl")), start=1):
+        number = raw.line if raw.line is not None else (n if one else raw.row + 1)
+        where = f"{p if one else raw.path}: row {number}"
+        if raw.error is not None:
+            raise DataError(f"{where}: invalid JSON ({raw.error})")
+        if not isinstance(raw.data, dict):
+            raise DataError(f"{where}: expected a JSON object")
+        yield raw.data, where

@@ -14,8 +14,9 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from megatron_redi.grading.extraction import last_boxed
+
 from .errors import BenchmarkError
-from .extraction import last_boxed
 
 BENCHMARK_DIR = Path(__file__).resolve().parent / "benchmarks"
 DEFAULT_BENCHMARKS = ("math500", "aime24", "amc", "minerva", "olympiadbench")

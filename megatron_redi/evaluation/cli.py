@@ -10,10 +10,11 @@ from __future__ import annotations
 import argparse
 import sys
 
+from megatron_redi.grading.graders import GRADERS
+
 from .benchmarks import DEFAULT_BENCHMARKS, LIST_MODES, LocalFields, known_names
 from .config import BackendConfig, EvalConfig, GradingConfig, SamplingConfig
 from .errors import USER_ERRORS
-from .graders import GRADERS
 from .prompts import STYLES, PromptConfig
 
 

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+from megatron_redi.grading.extraction import Extraction
+from megatron_redi.grading.graders import GRADERS
+
 from .benchmarks import DEFAULT_BENCHMARKS, LIST_MODES, LocalFields
 from .errors import ConfigError
-from .extraction import Extraction
-from .graders import GRADERS
 from .prompts import PromptConfig
 
 

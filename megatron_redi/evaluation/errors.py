@@ -1,13 +1,11 @@
 """Errors a user can fix. The CLI prints their message (which names the flag, file or row) and exits 2;
 anything else is a bug and keeps its traceback."""
 
+from megatron_redi.grading.errors import ConfigError  # raised by answer extraction as well
+
 
 class EvalError(RuntimeError):
     """A problem with the input files or the output directory."""
-
-
-class ConfigError(ValueError):
-    """A flag value that cannot work."""
 
 
 class BenchmarkError(ValueError):

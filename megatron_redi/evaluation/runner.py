@@ -23,6 +23,9 @@ from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
 
+from megatron_redi.grading.graders import GradeRequest
+from megatron_redi.grading.pool import GradingPool, shared_pool
+
 from .backends import (
     GenRequest,
     create_backend,
@@ -34,8 +37,6 @@ from .backends import (
 from .benchmarks import Benchmark, Problem, gold_strings, load, resolve
 from .config import EvalConfig, GradingConfig
 from .errors import BenchmarkError, EvalError
-from .graders import GradeRequest
-from .pool import GradingPool, shared_pool
 from .prompts import render
 from .report import (
     build_summary,

@@ -89,15 +89,20 @@ class RediGPTModel(GPTModel):
         super().__init__(*args, **kwargs)
         self.true_vocab_size = true_vocab_size
         self.logprob_chunk_size = logprob_chunk_size
-        # [b, s] expected d loss / d logp, set by the forward step for linear objectives (one use)
-        self.pending_token_weights: torch.Tensor | None = None
+        # the current forward call's `token_weights` on its way to _postprocess (None between calls)
+        self._token_weights: torch.Tensor | None = None
         self.transformer_impl = transformer_impl
         self._thd_split_checked = False
 
-    def forward(self, input_ids, position_ids, attention_mask, *args, packed_seq_params=None, **kwargs):
+    def forward(self, input_ids, position_ids, attention_mask, *args, packed_seq_params=None,
+                token_weights: torch.Tensor | None = None, **kwargs):
         """`attention_mask` carries segment ids [b, s]. Our SDPA attention reads them directly; for
         Transformer Engine's attention they become THD `PackedSeqParams` here, so every caller
-        (trainer, scorer, benchmarks) passes documents the same way."""
+        (trainer, scorer, benchmarks) passes documents the same way.
+
+        `token_weights` [b, s]: d loss / d logp per token when the objective knows it before the
+        forward (`Objective.token_weights`, linear objectives); the last stage then produces the LM
+        head's gradients in the same pass. Ignored by stages without the head."""
         if self.transformer_impl == "transformer_engine" and attention_mask is not None:
             if packed_seq_params is None:
                 packed_seq_params = thd_params(cu_seqlens_from_segments(attention_mask))
@@ -108,8 +113,12 @@ class RediGPTModel(GPTModel):
                     check_thd_split_against_te(packed_seq_params.cu_seqlens_q_padded)
                 self._thd_split_checked = True
             attention_mask = None
-        return super().forward(input_ids, position_ids, attention_mask, *args, packed_seq_params=packed_seq_params,
-                               **kwargs)
+        self._token_weights = token_weights
+        try:
+            return super().forward(input_ids, position_ids, attention_mask, *args,
+                                   packed_seq_params=packed_seq_params, **kwargs)
+        finally:
+            self._token_weights = None
 
     def output_weight(self) -> torch.Tensor:
         if self.share_embeddings_and_output_weights:
@@ -119,7 +128,7 @@ class RediGPTModel(GPTModel):
     def _postprocess(self, hidden_states, input_ids, position_ids, labels, *args, **kwargs):
         if labels is None or not self.post_process:
             return super()._postprocess(hidden_states, input_ids, position_ids, labels, *args, **kwargs)
-        tw, self.pending_token_weights = self.pending_token_weights, None
+        tw = self._token_weights
         logp = vocab_parallel_logprobs(
             hidden_states, self.output_weight(), labels.transpose(0, 1).contiguous(),
             true_vocab_size=self.true_vocab_size, chunk_size=self.logprob_chunk_size,

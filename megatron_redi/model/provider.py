@@ -9,6 +9,7 @@ import torch
 from megatron_redi.model.config import ModelBuildConfig, Qwen2Shape, transformer_config
 from megatron_redi.model.gpt import RediGPTModel
 from megatron_redi.model.specs import final_norm_spec, layer_spec, resolve_impl
+from megatron_redi.platform.gpu_features import check_fp8_request
 
 
 def build_model(shape: Qwen2Shape, build: ModelBuildConfig, *, seed: int = 1234, pre_process: bool = True,
@@ -20,10 +21,8 @@ def build_model(shape: Qwen2Shape, build: ModelBuildConfig, *, seed: int = 1234,
     )
 
     shape.check_parallel(build.tensor_model_parallel_size, build.pipeline_model_parallel_size)
+    check_fp8_request(build.fp8_format, build.transformer_impl)  # never silently train FP8 as BF16
     impl = resolve_impl(build.transformer_impl)
-    if build.fp8_format and impl != "transformer_engine":
-        raise RuntimeError("--fp8-format needs Transformer Engine on a GPU with FP8 support; it is not "
-                           "available here, refusing to silently train in BF16")
     if impl != "transformer_engine" and "layernorm" in (build.recompute_modules or ()):
         raise RuntimeError("--recompute-modules layernorm needs Transformer Engine (megatron-core's "
                            "output-discarding checkpoint reads TE's FP8 state); without TE use mlp")

@@ -105,16 +105,20 @@ class _ChunkedLogprob(torch.autograd.Function):
         hidden, weight, labels, lse_all, w = ctx.saved_tensors
         if ctx.pre is not None:
             pre_h, pre_w = ctx.pre
-            # use the precomputed gradients iff the incoming gradient is a multiple of the weights
-            # (always, for a linear objective); anything else falls back to exact recomputation
+            ctx.pre = None  # a second backward (retained graph) recomputes
+            # The caller promised d loss / d logp = token_weights (up to a scalar such as a loss
+            # scale). Anything else means the objective is not the one that produced the weights:
+            # refuse rather than return wrong gradients or silently take the slower path.
             w32, g32 = w.float(), grad_out.float()
             denom = (w32 * w32).sum()
             c = (g32 * w32).sum() / denom if denom > 0 else g32.new_zeros(())
-            ctx.pre = None  # a second backward (retained graph) recomputes
-            if torch.allclose(g32, c * w32, rtol=1e-5, atol=1e-12 + 1e-6 * float(g32.abs().max())):
-                BACKWARD_PATHS["fused"] += 1
-                return (pre_h.mul_(c).to(hidden.dtype), pre_w.mul_(c).to(weight.dtype),
-                        None, None, None, None, None, None)
+            if not torch.allclose(g32, c * w32, rtol=1e-5, atol=1e-12 + 1e-6 * float(g32.abs().max())):
+                raise RuntimeError("vocab_parallel_logprobs: the incoming gradient is not a multiple of the "
+                                   "token_weights given to the forward; pass token_weights only for an "
+                                   "objective linear in the log-probs, computed by Objective.token_weights")
+            BACKWARD_PATHS["fused"] += 1
+            return (pre_h.mul_(c).to(hidden.dtype), pre_w.mul_(c).to(weight.dtype),
+                    None, None, None, None, None, None)
         BACKWARD_PATHS["recompute"] += 1
         grad_h = torch.zeros_like(hidden) if ctx.needs_input_grad[0] else None
         grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)

@@ -61,21 +61,6 @@ def dpo_loss(chosen_sum, rejected_sum, ref_chosen, ref_rejected, beta: float = 0
     return -F.logsigmoid(beta * ((chosen_sum - ref_chosen) - (rejected_sum - ref_rejected)))
 
 
-def pair_losses(cfg: ObjectiveConfig, chosen_sum, chosen_len, rejected_sum, rejected_len,
-                ref_chosen=None, ref_rejected=None) -> torch.Tensor:
-    if cfg.loss_type == "redi":
-        return redi_loss(chosen_sum, chosen_len, rejected_sum, rejected_len, cfg.redi_alpha,
-                         cfg.redi_chosen_weight)
-    if cfg.loss_type == "simpo":
-        return simpo_loss(chosen_sum, chosen_len, rejected_sum, rejected_len, cfg.simpo_beta, cfg.simpo_gamma)
-    if cfg.loss_type == "dpo":
-        if ref_chosen is None or ref_rejected is None:
-            raise ValueError("dpo needs ref_chosen_logp / ref_rejected_logp in the data "
-                             "(score the pair file with tools/score_reference.py)")
-        return dpo_loss(chosen_sum, rejected_sum, ref_chosen, ref_rejected, cfg.dpo_beta)
-    raise ValueError(f"not a paired loss: {cfg.loss_type}")
-
-
 def pair_metrics(cfg: ObjectiveConfig, chosen_sum, chosen_len, rejected_sum, rejected_len,
                  ref_chosen=None, ref_rejected=None) -> dict[str, torch.Tensor]:
     """Per-pair statistics summed over pairs (the caller divides by the global pair count)."""

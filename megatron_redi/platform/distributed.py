@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import os
 import random
+import sys
+import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -16,10 +19,13 @@ from megatron_redi.platform.cpu_patches import apply_cpu_patches
 
 @dataclass
 class ParallelConfig:
+    """The layout (Megatron's flags); `validate` is the one place its rules are checked."""
+
     tensor_model_parallel_size: int = 1
     pipeline_model_parallel_size: int = 1
     context_parallel_size: int = 1
     sequence_parallel: bool = False
+    use_distributed_optimizer: bool = False
 
     def validate(self, world_size: int) -> int:
         """Return the data-parallel size or raise naming the offending flag."""
@@ -96,3 +102,19 @@ def destroy() -> None:
         parallel_state.destroy_model_parallel()
     if dist.is_initialized():
         dist.destroy_process_group()
+
+
+def run_main(main: Callable[[], object]) -> None:
+    """Run a distributed entry point (`pretrain_redi.py`, `tools/score_reference.py`). A user error
+    (ValueError, FileNotFoundError, RuntimeError) prints `[rank R] error: ...` on every rank and exits
+    2, so no rank waits in a collective for one that failed (REDI_TRACEBACK=1 adds the traceback).
+    Otherwise the process groups are torn down and an int result becomes the exit code."""
+    try:
+        result = main()
+    except (ValueError, FileNotFoundError, RuntimeError) as e:
+        print(f"[rank {os.environ.get('RANK', '0')}] error: {e}", file=sys.stderr)
+        if os.environ.get("REDI_TRACEBACK"):
+            traceback.print_exc()
+        sys.exit(2)
+    destroy()
+    sys.exit(result if isinstance(result, int) else 0)

@@ -1,4 +1,4 @@
-"""Console line, JSONL record and TensorBoard scalars per logging step; FLOPs and MFU."""
+"""Metric sums reduced over data-parallel ranks; console line, JSONL record and TensorBoard scalars."""
 
 from __future__ import annotations
 
@@ -7,34 +7,20 @@ import math
 from pathlib import Path
 
 import torch
-
-from megatron_redi.model.config import Qwen2Shape
-
-# dense BF16 peak (TFLOP/s) by device-name fragment
-_PEAKS = {"H200": 989.0, "H100": 989.0, "H800": 989.0, "A100": 312.0, "A800": 312.0, "L40S": 362.0,
-          "B200": 2250.0, "GB200": 2500.0}
+import torch.distributed as dist
 
 
-def peak_tflops() -> float | None:
-    if not torch.cuda.is_available():
-        return None
-    name = torch.cuda.get_device_name()
-    for k, v in _PEAKS.items():
-        if k in name:
-            return v
-    return None
+def reduce_metrics(losses: list[dict], device: torch.device) -> dict:
+    """Sum the per-micro-batch metric sums of one step and all-reduce over DP (values are already
+    divided by the global unit count). {} off the last pipeline stage."""
+    from megatron.core import parallel_state as ps
 
-
-def model_flops(shape: Qwen2Shape, doc_lengths: list[int]) -> float:
-    """Training FLOPs (forward + backward = 3x forward) of documents of the given token lengths."""
-    h, L = shape.hidden_size, shape.num_hidden_layers
-    kv = shape.num_key_value_heads * (h // shape.num_attention_heads)
-    per_layer = h * (h + 2 * kv) + h * h + 3 * h * shape.intermediate_size  # qkv, proj, swiglu mlp
-    dense = L * per_layer + shape.vocab_size * h  # + LM head
-    total = 0.0
-    for n in doc_lengths:
-        total += 6.0 * n * dense + 6.0 * L * h * n * n  # causal attention: QK^T and AV, half the square
-    return total
+    if not ps.is_pipeline_last_stage() or not losses:
+        return {}
+    keys = sorted(losses[0])
+    vec = torch.stack([sum(d[k].float() for d in losses) for k in keys]).to(device)
+    dist.all_reduce(vec, group=ps.get_data_parallel_group())
+    return {k: float(v) for k, v in zip(keys, vec.tolist())}
 
 
 class MetricsLogger:

@@ -4,22 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from megatron_redi.training.arguments import TrainConfig
-
-
-def chained_optimizers(optimizer) -> list:
-    """The megatron optimizers behind a possibly chained optimizer."""
-    return getattr(optimizer, "chained_optimizers", None) or [optimizer]
-
-
-def inner_torch_optimizers(optimizer) -> list:
-    return [o.optimizer for o in chained_optimizers(optimizer) if getattr(o, "optimizer", None) is not None]
-
-
-def step_tensor(group: dict, param: torch.Tensor, value: int) -> torch.Tensor:
-    """An AdamW 'step' where torch keeps it: on the parameter's device for fused/capturable, else CPU."""
-    on_device = group.get("fused") or group.get("capturable")
-    return torch.tensor(float(value), dtype=torch.float32, device=param.device if on_device else "cpu")
+from megatron_redi.platform.mcore_optimizer import inner_torch_optimizers
+from megatron_redi.training.config import OptimizerArgs
 
 
 def use_fused_adam(optimizer) -> None:
@@ -34,8 +20,11 @@ def use_fused_adam(optimizer) -> None:
         opt.defaults.update(fused=True, foreach=False)
 
 
-def build_optimizer(cfg: TrainConfig, model_chunks: list, total_iters: int, *, fused_adam: bool | None = None):
-    """fused_adam None: fused on CUDA only. torch's CPU kernel rounds its vectorised body and scalar tail
+def build_optimizer(cfg: OptimizerArgs, model_chunks: list, total_iters: int, *, bf16: bool = False,
+                    use_distributed_optimizer: bool = False, fused_adam: bool | None = None):
+    """megatron's optimizer over `model_chunks` and its LR scheduler for a run of `total_iters`.
+
+    fused_adam None: fused on CUDA only. torch's CPU kernel rounds its vectorised body and scalar tail
     differently, so a parameter's update would depend on how TP/DP split it, and the layouts would
     stop matching one process bit for bit (1-ulp drift, seen as 1e-5 in grad norms after a step)."""
     from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
@@ -50,9 +39,9 @@ def build_optimizer(cfg: TrainConfig, model_chunks: list, total_iters: int, *, f
         adam_beta2=cfg.adam_beta2,
         adam_eps=cfg.adam_eps,
         clip_grad=cfg.clip_grad,
-        bf16=cfg.bf16,
-        params_dtype=torch.bfloat16 if cfg.bf16 else torch.float32,
-        use_distributed_optimizer=cfg.use_distributed_optimizer,
+        bf16=bf16,
+        params_dtype=torch.bfloat16 if bf16 else torch.float32,
+        use_distributed_optimizer=use_distributed_optimizer,
     )
     optimizer = get_megatron_optimizer(ocfg, model_chunks)
     if fused_adam or (fused_adam is None and torch.cuda.is_available()):

@@ -8,63 +8,82 @@ Runs under any TP/PP/CP/DP layout; rows come back in input order.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
+from megatron_redi.data.batch import MicroBatch
 from megatron_redi.data.dataset import make_micro_batches, pad_multiple
 from megatron_redi.data.schema import iter_rows
-from megatron_redi.training.arguments import TrainConfig, model_shape
-from megatron_redi.training.loop import StepInput, build_ddp_model, is_logging_rank
+from megatron_redi.objectives.losses import ObjectiveConfig
+from megatron_redi.objectives.sums import document_sums
+from megatron_redi.platform.distributed import ParallelConfig, device
+from megatron_redi.training.config import DataArgs, ModelArgs
+from megatron_redi.training.forward_step import StepInput, make_forward_step
+from megatron_redi.training.setup import build_ddp_model, dataset_provider, init_world, is_logging_rank, model_provider
 
 
-def score_pairs(cfg: TrainConfig, model_provider, dataset_provider, batch_pairs: int = 64) -> list | None:
+@dataclass
+class ScoreConfig:
+    """What `tools/score_reference.py` takes: the trainer's model, data and parallelism sections, the
+    checkpoint to score with and where to write."""
+
+    model: ModelArgs = field(default_factory=ModelArgs)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    data: DataArgs = field(default_factory=DataArgs)
+    pretrained_checkpoint: str | None = None  # None: the seeded random initialisation
+    output: str = ""
+    seed: int = 42
+    batch_pairs: int = 64  # pairs per DP rank per schedule call
+    no_progress: bool = False
+
+    def validate(self) -> None:
+        self.model.validate()
+        self.data.validate()
+        if self.batch_pairs < 1:
+            raise ValueError(f"--batch-pairs must be >= 1, got {self.batch_pairs}")
+
+
+class DocumentSums:
+    """The scorer's 'objective': no loss, the per-document completion log-prob sums as its metric."""
+
+    def token_weights(self, mb: MicroBatch, global_units: float) -> None:
+        return None
+
+    def loss(self, logp: torch.Tensor, mb: MicroBatch, global_units: float, cp_group=None):
+        return torch.zeros((), device=logp.device), {"sums": document_sums(logp, mb, cp_group).detach()}
+
+
+def score_pairs(cfg: ScoreConfig) -> list | None:
     """Return [(chosen_sum, rejected_sum)] in data order on the logging rank, None elsewhere."""
     from megatron.core import parallel_state as ps
     from megatron.core.pipeline_parallel import get_forward_backward_func
 
-    from megatron_redi.checkpointing.training import load_pretrained, unwrap
-    from megatron_redi.model.gpt import micro_batch_for_this_rank
-    from megatron_redi.objectives.compute import document_sums
-    from megatron_redi.platform.distributed import (
-        ParallelConfig,
-        device,
-        init_distributed,
-        init_model_parallel,
-        set_seed,
-    )
+    from megatron_redi.training.checkpoint import load_pretrained
 
-    init_distributed()
-    dp = init_model_parallel(ParallelConfig(cfg.tensor_model_parallel_size, cfg.pipeline_model_parallel_size,
-                                            cfg.context_parallel_size, cfg.sequence_parallel))
-    set_seed(cfg.seed)
-    shape = model_shape(cfg)
-    examples, _ = dataset_provider(cfg, progress=is_logging_rank() and not cfg.no_progress)
-    model = build_ddp_model(cfg, model_provider)
+    dp = init_world(cfg.parallel, cfg.seed)
+    cfg.model.shape().check_parallel(cfg.parallel.tensor_model_parallel_size,
+                                     cfg.parallel.pipeline_model_parallel_size)
+    examples, _ = dataset_provider(cfg.data, cfg.model.tokenizer_model, ObjectiveConfig("redi"),
+                                   progress=is_logging_rank() and not cfg.no_progress)
+    model = build_ddp_model(partial(model_provider, cfg.model, cfg.parallel, cfg.seed), cfg.parallel)
     if cfg.pretrained_checkpoint:
-        load_pretrained(cfg.pretrained_checkpoint, model, shape, cfg)
+        load_pretrained(cfg.pretrained_checkpoint, model)
     model.eval()
-    cp_group = ps.get_context_parallel_group() if cfg.context_parallel_size > 1 else None
-    multiple = pad_multiple(cfg.tensor_model_parallel_size, cfg.context_parallel_size, cfg.sequence_parallel)
+    p = cfg.parallel
+    multiple = pad_multiple(p.tensor_model_parallel_size, p.context_parallel_size, p.sequence_parallel)
     rank, fwd = ps.get_data_parallel_rank(), get_forward_backward_func()
+    forward_step = make_forward_step(DocumentSums())
     mine: list[tuple[int, float, float]] = []
-
-    def forward_step(it, m):
-        item = next(it)
-        mb, kwargs = micro_batch_for_this_rank(unwrap(m), item.batch)
-        out = m(mb.tokens, mb.position_ids, mb.segment_ids, labels=mb.labels, **kwargs)
-
-        def loss_func(logp):
-            sums = document_sums(logp, mb, cp_group).detach()
-            return torch.zeros((), device=logp.device), torch.tensor(1), {"sums": sums}
-        return out, loss_func
-
-    starts = range(0, len(examples), batch_pairs * dp)
-    for start in tqdm(starts, desc="score", disable=not is_logging_rank() or cfg.no_progress):
-        idx = list(range(start + rank, min(start + batch_pairs * dp, len(examples)), dp))
-        mbs = make_micro_batches([examples[i] for i in idx], cfg.micro_batch_size, multiple) if idx else []
+    step = cfg.batch_pairs * dp
+    for start in tqdm(range(0, len(examples), step), desc="score",
+                      disable=not is_logging_rank() or cfg.no_progress):
+        idx = list(range(start + rank, min(start + step, len(examples)), dp))
+        mbs = make_micro_batches([examples[i] for i in idx], cfg.data.micro_batch_size, multiple) if idx else []
         n = torch.tensor([len(mbs)], device=device())
         dist.all_reduce(n, op=dist.ReduceOp.MAX)  # every DP rank must run the same schedule length
         while len(mbs) < int(n.item()):  # pad ranks that ran out of rows with a repeat (discarded)
@@ -72,7 +91,7 @@ def score_pairs(cfg: TrainConfig, model_provider, dataset_provider, batch_pairs:
         with torch.no_grad():
             out = fwd(forward_step_func=forward_step, data_iterator=iter([StepInput(m, 1.0) for m in mbs]),
                       model=[model], num_microbatches=len(mbs),
-                      seq_length=max(m.tokens.shape[1] for m in mbs) // cfg.context_parallel_size,
+                      seq_length=max(m.tokens.shape[1] for m in mbs) // p.context_parallel_size,
                       micro_batch_size=1, forward_only=True)
         if ps.is_pipeline_last_stage():
             flat = [s for d in out for s in d["sums"].view(-1, 2).tolist()]
@@ -85,7 +104,7 @@ def score_pairs(cfg: TrainConfig, model_provider, dataset_provider, batch_pairs:
         if is_logging_rank():
             table = {i: (c, r) for part in gathered for i, c, r in part}
             results = [table[i] for i in range(len(examples))]
-    unwrap(model).train()
+    model.train()
     return results
 
 

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from megatron_redi.data.dataset import DataConfig, build_dataset, first_fit_decreasing, make_packed_micro_batches
-from megatron_redi.data.schema import DataError
+from megatron_redi.data.errors import DataError
 from megatron_redi.data.tokenize import ChatEncoder, TokenizeConfig, load_tokenizer
 from tests.helpers_dist import SAMPLE, TINY
 

@@ -5,6 +5,7 @@ import pytest
 from megatron_redi.evaluation import benchmarks as B
 from megatron_redi.evaluation.benchmarks import LocalFields, load, resolve
 from megatron_redi.evaluation.errors import BenchmarkError
+from megatron_redi.grading.graders import math_verify_grade, rllm_grade
 
 
 @pytest.mark.parametrize(
@@ -98,3 +99,16 @@ def test_invalid_json_line(tmp_path):
     f.write_text('{"problem": "p", "answer": "1"}\n{not json\n')
     with pytest.raises(BenchmarkError, match="bad.jsonl, line 2: not valid JSON"):
         load(resolve(str(f)))
+
+
+def test_float_gold_from_amc():
+    # The AMC file stores answers as floats (27.0); they become "27" once, when loaded.
+    def boxed(s: str) -> str:
+        return "Some reasoning first. So the answer is $\\boxed{" + s + "}$."
+
+    assert B.gold_strings(27.0, "row") == ("27",)
+    assert B.gold_strings(0.5, "row") == ("0.5",)
+    gold = B.gold_strings(27.0, "row")
+    assert math_verify_grade(boxed("27"), gold).correct
+    assert rllm_grade(boxed("27"), gold).correct
+    assert not math_verify_grade(boxed("27.5"), gold).correct

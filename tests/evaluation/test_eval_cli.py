@@ -10,8 +10,8 @@ from eval_checks import WORKERS, check_summary_against_records, read_jsonl
 from megatron_redi.evaluation import backends, runner
 from megatron_redi.evaluation.benchmarks import load, resolve
 from megatron_redi.evaluation.cli import main
-from megatron_redi.evaluation.graders import math_verify_grade
 from megatron_redi.evaluation.prompts import PromptConfig, render
+from megatron_redi.grading.graders import math_verify_grade
 
 N, MAX_TOKENS = 2, 16
 COMMON = ["--limit", "3", "--n", str(N), "--max-tokens", str(MAX_TOKENS), "--grading-workers", str(WORKERS),

@@ -211,19 +211,11 @@ def tool_parse(name: str, argv: list[str]):
 
 
 def score_parse(argv: list[str]):
-    """tools/score_reference.py's argv. It exposes no parser: its main() takes --output, maps --load to
-    --pretrained-checkpoint and hands the rest to the trainer's parse_args; do the same without running it."""
-    assert "main" in dir(tool_module("score_reference"))
+    """tools/score_reference.py's argv through the tool's own parser (`--load` is its alias of
+    --pretrained-checkpoint)."""
     parsed = tool_parse("score_reference", argv)
-    if parsed is not None:
-        return parsed
-    from megatron_redi.training.arguments import parse_args
-
-    rest = list(argv)
-    i = rest.index("--output")
-    del rest[i : i + 2]
-    rest[rest.index("--load")] = "--pretrained-checkpoint"
-    return parse_args([*rest, "--loss-type", "redi", "--train-iters", "1", "--global-batch-size", str(10**6)])
+    assert parsed is not None, "tools/score_reference.py exposes no parser"
+    return parsed
 
 
 def flag(args: list[str], name: str) -> str:
@@ -240,28 +232,32 @@ def flag(args: list[str], name: str) -> str:
 def check_train(launch: Launch, recipe: str, env: dict):
     from megatron_redi.model.config import Qwen2Shape
     from megatron_redi.platform.distributed import ParallelConfig
-    from megatron_redi.training.arguments import parse_args, validate
+    from megatron_redi.training.arguments import parse_args
 
     assert launch.program == "pretrain_redi.py"
     cfg = parse_args(launch.args)
     # the paper's optimizer, schedule, precision (REDI.md "Recipe")
-    assert (cfg.lr_warmup_fraction, cfg.lr_decay_style, cfg.min_lr) == (0.1, "linear", 0.0)
-    assert (cfg.weight_decay, cfg.adam_beta1, cfg.adam_beta2, cfg.adam_eps) == (1e-4, 0.9, 0.999, 1e-8)
-    assert (cfg.clip_grad, cfg.seed, cfg.bf16) == (1.0, 42, True)
-    assert (cfg.rope_theta, cfg.max_position_embeddings) == (300000.0, 32768)
-    assert cfg.use_distributed_optimizer
-    assert cfg.tokenizer_model == HF_MODEL
+    o = cfg.optimizer
+    assert (o.lr_warmup_fraction, o.lr_decay_style, o.min_lr) == (0.1, "linear", 0.0)
+    assert (o.weight_decay, o.adam_beta1, o.adam_beta2, o.adam_eps) == (1e-4, 0.9, 0.999, 1e-8)
+    assert (cfg.optimizer.clip_grad, cfg.training.seed, cfg.model.bf16) == (1.0, 42, True)
+    assert (cfg.model.rope_theta, cfg.model.max_position_embeddings) == (300000.0, 32768)
+    assert cfg.parallel.use_distributed_optimizer
+    assert cfg.model.tokenizer_model == HF_MODEL
     work = Path(env["WORK_DIR"])
-    assert cfg.model_config == str(work / "checkpoints" / "base" / "hf_config.json")
-    assert cfg.save and cfg.save_interval and cfg.metrics_file and cfg.metrics_file.startswith(str(work))
+    assert cfg.model.model_config == str(work / "checkpoints" / "base" / "hf_config.json")
+    assert cfg.checkpoint.save and cfg.checkpoint.save_interval
+    assert cfg.logging.metrics_file and cfg.logging.metrics_file.startswith(str(work))
     # the layout fits the GPUs, the batch and the model
-    tp, pp, cp = cfg.tensor_model_parallel_size, cfg.pipeline_model_parallel_size, cfg.context_parallel_size
+    par = cfg.parallel
+    tp, pp, cp = par.tensor_model_parallel_size, par.pipeline_model_parallel_size, par.context_parallel_size
     assert launch.world % (tp * pp * cp) == 0
     dp = launch.world // (tp * pp * cp)
-    assert cfg.global_batch_size % (cfg.micro_batch_size * dp) == 0, (cfg.global_batch_size, cfg.micro_batch_size, dp)
-    validate(cfg, launch.world)
-    assert ParallelConfig(tp, pp, cp, cfg.sequence_parallel).validate(launch.world) == dp
-    assert cfg.sequence_parallel == (tp > 1)
+    gbs, mbs = cfg.data.global_batch_size, cfg.data.micro_batch_size
+    assert gbs % (mbs * dp) == 0, (gbs, mbs, dp)
+    cfg.validate(launch.world)
+    assert ParallelConfig(tp, pp, cp, cfg.parallel.sequence_parallel).validate(launch.world) == dp
+    assert cfg.parallel.sequence_parallel == (tp > 1)
     Qwen2Shape.from_hf(SHAPES[recipe]).check_parallel(tp, pp)
     return cfg
 
@@ -313,26 +309,26 @@ def check_pipeline(recipe: str, cmds: dict[str, Launch], env: dict, sft_epochs: 
     assert (c.rope_theta, c.max_position_embeddings) == (300000.0, 32768)
 
     sft = check_train(cmds["02_sft"], recipe, env)
-    assert (sft.objective.loss_type, sft.lr, sft.global_batch_size) == ("sft", 5e-5, 128)
-    assert (sft.train_epochs, sft.seq_length) == (sft_epochs, 32768)
-    assert sft.data_path == [str(data / "sft.jsonl")]
-    assert sft.pretrained_checkpoint == c.output and sft.load is None
-    assert sft.save == sft_ckpt
+    assert (sft.objective.loss_type, sft.optimizer.lr, sft.data.global_batch_size) == ("sft", 5e-5, 128)
+    assert (sft.training.train_epochs, sft.data.seq_length) == (sft_epochs, 32768)
+    assert sft.data.data_path == [str(data / "sft.jsonl")]
+    assert sft.checkpoint.pretrained_checkpoint == c.output and sft.checkpoint.load is None
+    assert sft.checkpoint.save == sft_ckpt
 
-    saves = {"sft": sft.save}
+    saves = {"sft": sft.checkpoint.save}
     for stage, (loss, lr, fields) in PAIR_OBJECTIVES.items():
         if stage not in cmds:
             continue
         cfg = check_train(cmds[stage], recipe, env)
-        assert (cfg.objective.loss_type, cfg.lr) == (loss, lr), stage
+        assert (cfg.objective.loss_type, cfg.optimizer.lr) == (loss, lr), stage
         for k, v in fields.items():
             assert getattr(cfg.objective, k) == v, (stage, k)
-        assert (cfg.global_batch_size, cfg.train_epochs) == (32, 1), stage
-        assert (cfg.seq_length, cfg.max_prompt_length) == (19800, 800), stage
-        assert cfg.pretrained_checkpoint == sft_ckpt and cfg.load is None, stage
-        assert cfg.save.startswith(str(ck)) and cfg.save not in saves.values()
+        assert (cfg.data.global_batch_size, cfg.training.train_epochs) == (32, 1), stage
+        assert (cfg.data.seq_length, cfg.data.max_prompt_length) == (19800, 800), stage
+        assert cfg.checkpoint.pretrained_checkpoint == sft_ckpt and cfg.checkpoint.load is None, stage
+        assert cfg.checkpoint.save.startswith(str(ck)) and cfg.checkpoint.save not in saves.values()
         method = {"03_redi_symmetric": "redi_sym"}.get(stage, stage[3:])
-        saves[method] = cfg.save
+        saves[method] = cfg.checkpoint.save
         if loss == "dpo":
             score = cmds["03_dpo_reference"]
             assert score.program == "score_reference.py"
@@ -342,19 +338,19 @@ def check_pipeline(recipe: str, cmds: dict[str, Launch], env: dict, sft_epochs: 
                                   * sc.context_parallel_size) == 0
             assert flag(score.args, "--load") == sft_ckpt
             assert flag(score.args, "--data-path") == str(data / "pairs.jsonl")
-            assert flag(score.args, "--model-config") == sft.model_config
+            assert flag(score.args, "--model-config") == sft.model.model_config
             assert flag(score.args, "--tokenizer-model") == HF_MODEL
             # scored with the tokenisation and truncation that training uses
             assert (flag(score.args, "--seq-length"), flag(score.args, "--max-prompt-length")) == ("19800", "800")
-            assert cfg.data_path == [flag(score.args, "--output")]
+            assert cfg.data.data_path == [flag(score.args, "--output")]
         else:
-            assert cfg.data_path == [str(data / "pairs.jsonl")]
+            assert cfg.data.data_path == [str(data / "pairs.jsonl")]
 
     from megatron_redi.evaluation.cli import build_parser as eval_parser
 
     for method, save in saves.items():
         x = tool_parse("convert_checkpoint", cmds[f"04_export_hf:{method}"].args)
-        assert (x.command, x.load, x.model_config, x.tokenizer_model) == ("mcore-to-hf", save, sft.model_config,
+        assert (x.command, x.load, x.model_config, x.tokenizer_model) == ("mcore-to-hf", save, sft.model.model_config,
                                                                          HF_MODEL)
         assert (x.rope_theta, x.max_position_embeddings) == (300000.0, 32768)
         ev = eval_parser().parse_args(cmds[f"05_eval:{method}"].args)
@@ -436,14 +432,16 @@ def test_7b_layouts_for_8_and_16_gpus(tmp_path, fakes):
         env = base_env(tmp_path, fakes, **slurm_env(nnodes))
         for stage in ("02_sft", "03_redi"):
             cfg = parse_args(one_launch(EX / R7 / f"{stage}.sbatch", env).args)
-            layouts[nnodes, stage] = (cfg.tensor_model_parallel_size, cfg.pipeline_model_parallel_size,
-                                      cfg.context_parallel_size, cfg.recompute_granularity)
+            par = cfg.parallel
+            layouts[nnodes, stage] = (par.tensor_model_parallel_size, par.pipeline_model_parallel_size,
+                                      par.context_parallel_size, cfg.model.recompute_granularity)
     assert layouts[1, "02_sft"] == layouts[1, "03_redi"] == (2, 1, 2, "full")  # 8 GPUs: TP2 CP2 DP2
     assert layouts[2, "02_sft"] == layouts[2, "03_redi"] == (4, 1, 2, None)  # 16 GPUs: TP4 CP2 DP2
     # the 1.5B model: no TP (2 KV heads), CP2 for the 32k rows
     env = base_env(tmp_path, fakes)
     cfg = parse_args(one_launch(EX / R15 / "02_sft.sh", env).args)
-    assert (cfg.tensor_model_parallel_size, cfg.context_parallel_size, cfg.sequence_parallel) == (1, 2, False)
+    par = cfg.parallel
+    assert (par.tensor_model_parallel_size, par.context_parallel_size, par.sequence_parallel) == (1, 2, False)
 
 
 def test_table2_ablation_sft_3_epochs(tmp_path, fakes):
@@ -459,10 +457,11 @@ def test_rerun_resumes_from_its_own_checkpoint(tmp_path, fakes):
     (save / "iter_0000020.tmp-77").mkdir(parents=True)  # an interrupted save is not a checkpoint
     (save / "iter_0000010").mkdir()  # nor is one without its metadata
     cfg = parse_args(one_launch(EX / R15 / "02_sft.sh", env).args)
-    assert cfg.pretrained_checkpoint and cfg.load is None
+    assert cfg.checkpoint.pretrained_checkpoint and cfg.checkpoint.load is None
     (save / "iter_0000010" / "redi_meta.json").write_text("{}")
     cfg = parse_args(one_launch(EX / R15 / "02_sft.sh", env).args)
-    assert cfg.load == str(save) and cfg.pretrained_checkpoint is None and cfg.save == str(save)
+    ck = cfg.checkpoint
+    assert ck.load == str(save) and ck.pretrained_checkpoint is None and ck.save == str(save)
 
 
 def test_extra_arguments_are_appended(tmp_path, fakes):
@@ -471,7 +470,7 @@ def test_extra_arguments_are_appended(tmp_path, fakes):
     env = base_env(tmp_path, fakes)
     launch = one_launch(EX / R15 / "03_redi.sh", env, "--train-iters", "20", "--exit-interval", "10")
     cfg = parse_args(launch.args)
-    assert (cfg.train_iters, cfg.exit_interval, cfg.objective.redi_alpha) == (20, 10, 0.8)
+    assert (cfg.training.train_iters, cfg.training.exit_interval, cfg.objective.redi_alpha) == (20, 10, 0.8)
 
 
 def test_export_of_one_iteration(tmp_path, fakes):

@@ -31,8 +31,8 @@ def test_fp8_flags_reach_megatron_config():
                        "--train-iters", "1", "--bf16", "--fp8-format", "hybrid", "--fp8-recipe", "blockwise",
                        "--first-last-layers-bf16"])
     tc = transformer_config(Qwen2Shape.from_hf(TINY), ModelBuildConfig(
-        bf16=args.bf16, fp8_format=args.fp8_format, fp8_recipe=args.fp8_recipe,
-        first_last_layers_bf16=args.first_last_layers_bf16))
+        bf16=args.model.bf16, fp8_format=args.model.fp8_format, fp8_recipe=args.model.fp8_recipe,
+        first_last_layers_bf16=args.model.first_last_layers_bf16))
     assert (tc.fp8, tc.fp8_recipe, tc.bf16, tc.params_dtype) == ("hybrid", "blockwise", True, torch.bfloat16)
     assert tc.first_last_layers_bf16 and tc.num_layers_at_start_in_bf16 == 1 and tc.num_layers_at_end_in_bf16 == 1
 

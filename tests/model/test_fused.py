@@ -86,8 +86,8 @@ def test_model_gradients_match_transformers(megatron_world):
     log-likelihood equal those of `transformers` Qwen2ForCausalLM (fp32)."""
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    from megatron_redi.checkpointing.convert import copy_hf_weights
-    from megatron_redi.checkpointing.hf_mapping import Dims, hf_from_megatron
+    from megatron_redi.conversion.convert import copy_hf_weights
+    from megatron_redi.conversion.hf_mapping import Dims, hf_from_megatron
     from megatron_redi.model.config import ModelBuildConfig, Qwen2Shape
     from megatron_redi.model.provider import build_model
 

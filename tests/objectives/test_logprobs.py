@@ -7,9 +7,9 @@ import torch
 
 from megatron_redi.data.batch import Example, pack
 from megatron_redi.model.config import ModelBuildConfig, Qwen2Shape
-from megatron_redi.objectives.compute import linear_token_weights, micro_batch_loss
 from megatron_redi.objectives.logprobs import BACKWARD_PATHS, vocab_parallel_logprobs
 from megatron_redi.objectives.losses import ObjectiveConfig
+from megatron_redi.objectives.objective import build_objective
 from tests.helpers_dist import TINY
 
 
@@ -18,7 +18,7 @@ from tests.helpers_dist import TINY
 def test_chunked_logprobs_values_and_grads(megatron_world, chunk, mode):
     """recompute: plain backward. fused: gradients made in the forward from the announced per-token
     weights (the incoming gradient is 3x those weights). fused_mismatch: the announced weights are
-    wrong, so the kernel must notice and recompute."""
+    wrong, so the kernel must refuse (never return wrong gradients, never fall back silently)."""
     torch.manual_seed(0)
     s, b, h, v, true_v = 13, 2, 8, 40, 33  # last 7 vocab rows are padding
     hid = torch.randn(s, b, h, dtype=torch.float64, requires_grad=True)
@@ -30,6 +30,10 @@ def test_chunked_logprobs_values_and_grads(megatron_world, chunk, mode):
 
     got = vocab_parallel_logprobs(hid, w, labels, true_vocab_size=true_v, chunk_size=chunk,
                                   token_weights=announced)
+    if mode == "fused_mismatch":
+        with pytest.raises(RuntimeError, match="not a multiple of the token_weights"):
+            (got * g).sum().backward()
+        return
     (got * g).sum().backward()
     gh, gw = hid.grad.clone(), w.grad.clone()
     hid.grad = w.grad = None
@@ -75,14 +79,14 @@ def test_objective_matches_full_logits_reference(megatron_world, loss_type):
     exs = _examples()
     if loss_type == "sft":
         exs = [Example(e.prompt, [c]) for e in exs for c in e.completions]
-    cfg = ObjectiveConfig(loss_type=loss_type, dpo_beta=0.1)
+    obj = build_objective(ObjectiveConfig(loss_type=loss_type, dpo_beta=0.1))
     mb = pack(exs)
     units = float(sum(len(c) for e in exs for c in e.completions)) if loss_type == "sft" else float(len(exs))
     # as the forward step does: linear objectives announce their per-token gradient
-    model.pending_token_weights = linear_token_weights(mb, cfg, units)
     before = dict(BACKWARD_PATHS)
-    logp = model(mb.tokens, mb.position_ids, mb.segment_ids, labels=mb.labels)
-    loss, _ = micro_batch_loss(logp, mb, cfg, units)
+    logp = model(mb.tokens, mb.position_ids, mb.segment_ids, labels=mb.labels,
+                 token_weights=obj.token_weights(mb, units))
+    loss, _ = obj.loss(logp, mb, units)
     loss.backward()
     path = "fused" if loss_type in ("sft", "redi") else "recompute"
     assert BACKWARD_PATHS[path] == before[path] + 1
@@ -116,7 +120,7 @@ def test_redi_alpha_zero_is_sft_on_chosen(megatron_world):
     exs = _examples()
     mb = pack(exs)
     logp = model(mb.tokens, mb.position_ids, mb.segment_ids, labels=mb.labels)
-    redi, _ = micro_batch_loss(logp, mb, ObjectiveConfig(loss_type="redi", redi_alpha=0.0), 2.0)
+    redi, _ = build_objective(ObjectiveConfig(loss_type="redi", redi_alpha=0.0)).loss(logp, mb, 2.0)
     redi.backward()
     g1 = [p.grad.clone() for p in model.parameters()]
     model.zero_grad()
@@ -124,7 +128,7 @@ def test_redi_alpha_zero_is_sft_on_chosen(megatron_world):
     for ex in exs:  # SFT on each chosen trace alone, per-sequence mean NLL, averaged over pairs
         one = pack([Example(ex.prompt, [ex.completions[0]])])
         lp = model(one.tokens, one.position_ids, one.segment_ids, labels=one.labels)
-        sft, _ = micro_batch_loss(lp, one, ObjectiveConfig(loss_type="sft"), float(len(ex.completions[0])))
+        sft, _ = build_objective(ObjectiveConfig(loss_type="sft")).loss(lp, one, float(len(ex.completions[0])))
         total = total + sft / 2
     total.backward()
     assert torch.allclose(redi, total, rtol=1e-6)

@@ -7,7 +7,8 @@ import math
 import pytest
 import torch
 
-from megatron_redi.objectives.losses import ObjectiveConfig, dpo_loss, pair_losses, redi_loss, simpo_loss
+from megatron_redi.objectives.losses import ObjectiveConfig, dpo_loss, redi_loss, simpo_loss
+from megatron_redi.objectives.objective import build_objective
 
 
 def _sig(x):
@@ -52,4 +53,33 @@ def test_config_validation_names_flags():
     with pytest.raises(ValueError, match="--loss-type"):
         ObjectiveConfig(loss_type="ppo").validate()
     with pytest.raises(ValueError, match="ref_chosen_logp"):
-        pair_losses(ObjectiveConfig(loss_type="dpo"), *[torch.zeros(1)] * 4)
+        build_objective(ObjectiveConfig(loss_type="dpo")).per_pair(*[torch.zeros(1)] * 4, None, None)
+
+
+@pytest.mark.parametrize("loss_type", ["sft", "redi", "simpo", "dpo"])
+def test_token_weights_are_the_gradient_of_the_loss(loss_type):
+    """token_weights (used by the LM head to fuse its backward) equal d loss / d logp from autograd on
+    the objective itself, for the linear objectives; the others announce none."""
+    from megatron_redi.data.batch import Example, pack
+
+    g = torch.Generator().manual_seed(0)
+    rnd = lambda n: torch.randint(3, 300, (n,), generator=g).tolist()
+    exs = [Example(rnd(3), [rnd(5), rnd(2)], (-9.0, -7.0)), Example(rnd(4), [rnd(6), rnd(3)], (-8.0, -6.0))]
+    if loss_type == "sft":
+        exs = [Example(e.prompt, [c]) for e in exs for c in e.completions]
+    mb = pack(exs, pad_to_multiple=8)  # padding tokens must get weight 0
+    obj = build_objective(ObjectiveConfig(loss_type=loss_type, redi_alpha=0.7, redi_chosen_weight=1.3))
+    units = 3.0
+    logp = (-torch.rand(mb.tokens.shape, generator=g, dtype=torch.float32)).requires_grad_()
+    loss, _ = obj.loss(logp, mb, units)
+    (want,) = torch.autograd.grad(loss, logp)
+    tw = obj.token_weights(mb, units)
+    if loss_type in ("simpo", "dpo"):
+        assert tw is None and not obj.linear
+        return
+    assert obj.linear and tw.shape == logp.shape
+    assert torch.equal(tw, want)
+    assert (tw[mb.segment_ids < 0] == 0).all() and (tw[mb.loss_mask == 0] == 0).all()
+    if loss_type == "redi":  # the paper's coefficients, by hand: -w/|y_w| and alpha/|y_l|, / units
+        first_chosen = tw[0][mb.loss_mask[0] > 0][0]
+        assert math.isclose(float(first_chosen), -1.3 / len(exs[0].completions[0]) / units, rel_tol=1e-6)

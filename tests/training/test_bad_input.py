@@ -27,7 +27,7 @@ def test_flag_errors(extra, match):
 
 def test_recompute_modules_imply_selective():
     cfg = parse_args(BASE + ["--recompute-modules", "mlp", "core_attn"])
-    assert cfg.recompute_granularity == "selective" and cfg.recompute_modules == ["mlp", "core_attn"]
+    assert cfg.model.recompute_granularity == "selective" and cfg.model.recompute_modules == ["mlp", "core_attn"]
     with pytest.raises(SystemExit):  # argparse names the flag and the choices
         parse_args(BASE + ["--recompute-modules", "moe"])
 

@@ -6,19 +6,22 @@ import pytest
 import torch
 
 from megatron_redi.model.config import ModelBuildConfig, Qwen2Shape
-from megatron_redi.training.arguments import TrainConfig
-from megatron_redi.training.loop import build_ddp_model
-from megatron_redi.training.optimizer import build_optimizer, inner_torch_optimizers
+from megatron_redi.platform.distributed import ParallelConfig
+from megatron_redi.platform.mcore_optimizer import inner_torch_optimizers
+from megatron_redi.training.config import OptimizerArgs
+from megatron_redi.training.optimizer import build_optimizer
+from megatron_redi.training.setup import build_ddp_model
 from tests.helpers_dist import TINY
 
 
 def _train(fused: bool, bf16: bool, steps: int = 3):
     from megatron_redi.model.provider import build_model
 
-    cfg = TrainConfig(lr=1e-2, weight_decay=0.1, clip_grad=1.0, bf16=bf16, train_iters=steps)
+    cfg = OptimizerArgs(lr=1e-2, weight_decay=0.1, clip_grad=1.0)
     shape = Qwen2Shape.from_hf(TINY)
-    model = build_ddp_model(cfg, lambda pre_process, post_process: build_model(shape, ModelBuildConfig(bf16=bf16)))
-    opt, sched = build_optimizer(cfg, [model], steps, fused_adam=fused)
+    model = build_ddp_model(lambda pre_process, post_process: build_model(shape, ModelBuildConfig(bf16=bf16)),
+                            ParallelConfig())
+    opt, sched = build_optimizer(cfg, [model], steps, bf16=bf16, fused_adam=fused)
     g = torch.Generator().manual_seed(7)
     for _ in range(steps):
         for p in model.parameters():

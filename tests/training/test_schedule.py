@@ -7,9 +7,11 @@ import math
 import pytest
 
 from megatron_redi.model.config import ModelBuildConfig, Qwen2Shape
-from megatron_redi.training.arguments import TrainConfig
-from megatron_redi.training.loop import build_ddp_model, total_iterations
+from megatron_redi.platform.distributed import ParallelConfig
+from megatron_redi.training.config import DataArgs, OptimizerArgs, TrainConfig, TrainingArgs
+from megatron_redi.training.loop import total_iterations
 from megatron_redi.training.optimizer import build_optimizer
+from megatron_redi.training.setup import build_ddp_model
 from tests.helpers_dist import TINY
 
 
@@ -17,9 +19,10 @@ from tests.helpers_dist import TINY
 def test_warmup_then_decay(megatron_world, style):
     from megatron_redi.model.provider import build_model
 
-    cfg = TrainConfig(lr=1e-3, min_lr=1e-4, lr_warmup_fraction=0.2, lr_decay_style=style, train_iters=10)
+    cfg = OptimizerArgs(lr=1e-3, min_lr=1e-4, lr_warmup_fraction=0.2, lr_decay_style=style)
     shape = Qwen2Shape.from_hf(TINY)
-    model = build_ddp_model(cfg, lambda pre_process, post_process: build_model(shape, ModelBuildConfig()))
+    model = build_ddp_model(lambda pre_process, post_process: build_model(shape, ModelBuildConfig()),
+                            ParallelConfig())
     opt, sched = build_optimizer(cfg, [model], 10)
     got = []
     for _ in range(10):
@@ -38,6 +41,9 @@ def test_warmup_then_decay(megatron_world, style):
 
 
 def test_epochs_to_iterations():
-    assert total_iterations(TrainConfig(train_epochs=1, global_batch_size=32), 53175) == 1662
-    assert total_iterations(TrainConfig(train_epochs=3, global_batch_size=128), 77629) == math.ceil(3 * 77629 / 128)
-    assert total_iterations(TrainConfig(train_iters=7, train_epochs=5), 100) == 7
+    def cfg(global_batch_size=32, **training):
+        return TrainConfig(training=TrainingArgs(**training), data=DataArgs(global_batch_size=global_batch_size))
+
+    assert total_iterations(cfg(train_epochs=1, global_batch_size=32), 53175) == 1662
+    assert total_iterations(cfg(train_epochs=3, global_batch_size=128), 77629) == math.ceil(3 * 77629 / 128)
+    assert total_iterations(cfg(train_iters=7, train_epochs=5), 100) == 7

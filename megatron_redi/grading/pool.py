@@ -10,8 +10,12 @@ a second of imports and warm-up.
 Why not ``multiprocessing.Process``: with spawn or forkserver every worker re-runs the caller's
 ``__main__`` (a script without an ``if __name__ == "__main__"`` guard would start workers recursively,
 and one with a model load would load it again per worker), and fork copies a process that may hold
-torch / tokenizer threads. Workers here are fresh interpreters (``python -m ..._grading_worker``)
+torch / tokenizer threads. Workers here are fresh interpreters (``python -m ..._worker``)
 talking over a socket pair.
+
+Requests are :class:`~.graders.GradeRequest` by default; any picklable request works with a task
+function ``fn`` and an ``on_failure`` that makes the result of a sample whose worker was lost (the
+dataset builder grades whole problems this way, see :mod:`.problem`).
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from multiprocessing.connection import Connection, wait
 from pathlib import Path
+from typing import Any
 
 from .graders import GradeRequest, GradeResult, Verdict, _safe_extract, grade, warm_up
 
@@ -73,7 +78,7 @@ class _Worker:
         env["PYTHONPATH"] = os.pathsep.join([_PACKAGE_ROOT] + [p for p in [env.get("PYTHONPATH")] if p])
         fd = child_sock.fileno()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", f"{__package__}._grading_worker", str(fd)],
+            [sys.executable, "-m", f"{__package__}._worker", str(fd)],
             pass_fds=(fd,), env=env, stdin=subprocess.DEVNULL, close_fds=True,
         )
         child_sock.close()
@@ -107,6 +112,7 @@ class GradingPool:
         self._procs: list[_Worker] = []
         self.restarts = 0
         self._failures = 0
+        self._on_failure: Callable[[Any, str, bool], Any] = _failed_result
 
     def _ensure_started(self) -> None:
         while len(self._procs) < self.workers:
@@ -114,12 +120,15 @@ class GradingPool:
 
     def grade(self, requests: Sequence[GradeRequest], timeout_s: float = 10.0,
               progress: Callable[[int], None] | None = None, fn: Callable = grade,
-              hard_timeout_s: float | None = None) -> list[GradeResult]:
+              hard_timeout_s: float | None = None,
+              on_failure: Callable[[Any, str, bool], Any] | None = None) -> list[GradeResult]:
         """Results in the order of ``requests``; ``timeout_s`` bounds each sample (all its graders).
 
         ``hard_timeout_s`` (default ``2 * timeout_s + 10`` per grader) is how long a worker may go
         without returning a result before it is killed. ``fn(request, timeout_s)`` must be a
-        module-level function (it is pickled by name).
+        module-level function (it is pickled by name). ``on_failure(request, why, timed_out)`` is the
+        result of a sample whose worker was killed or died (default: every grader wrong, ``why`` as
+        the error); pass it, and ``hard_timeout_s``, for requests that are not ``GradeRequest``.
         """
         if not requests:
             return []
@@ -137,6 +146,7 @@ class GradingPool:
         # The in-worker alarm normally fires first; this deadline only catches hangs in C code.
         deadline = hard_timeout_s or 2 * timeout_s + 10 * len(requests[0].graders)
         self._failures = 0
+        self._on_failure = on_failure or _failed_result
         try:
             self._loop(requests, results, pending, batch, deadline, fn, timeout_s, progress)
         except BaseException:
@@ -206,11 +216,7 @@ class GradingPool:
             return 0
         current = w.items.popleft()
         pending.extendleft(reversed(w.items))
-        req = requests[current]
-        res = GradeResult(timed_out=timed_out, error=why)
-        for g in req.graders:
-            res.verdicts[g] = Verdict(_safe_extract(req, g), False)
-        results[current] = res
+        results[current] = self._on_failure(requests[current], why, timed_out)
         if progress:
             progress(1)
         return 1
@@ -234,6 +240,14 @@ class GradingPool:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _failed_result(req: GradeRequest, why: str, timed_out: bool) -> GradeResult:
+    """A sample whose worker was lost: every grader wrong, with what extraction finds."""
+    res = GradeResult(timed_out=timed_out, error=why)
+    for g in req.graders:
+        res.verdicts[g] = Verdict(_safe_extract(req, g), False)
+    return res
 
 
 _SHARED: dict[int, GradingPool] = {}

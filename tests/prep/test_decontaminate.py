@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from megatron_redi.data.decontaminate import (
+from megatron_redi.prep.decontaminate import (
     BENCHMARK_DIR,
     NgramIndex,
     benchmark_name,

@@ -1,7 +1,7 @@
 """HF Qwen2 folder <-> megatron.core dist checkpoint, streamed, in one CPU process.
 
 hf-to-mcore saves `{"model": sharded_state_dict}` of an unsplit (TP1/PP1) model, which is what
-`checkpointing.training.load_pretrained` loads; dist_checkpointing reshards it into any TP/PP/CP layout
+`training.checkpoint.load_pretrained` loads; dist_checkpointing reshards it into any TP/PP/CP layout
 at load time (vocabulary rows carry TP1 padding; megatron loads them with `allow_shape_mismatch`, so
 other paddings work too). The key structure comes from a model built on the meta device by
 `build_model`, i.e. it is the one megatron itself saves and loads, and no weight is ever initialised.
@@ -28,7 +28,8 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from megatron_redi.checkpointing.hf_mapping import (
+from megatron_redi.checkpointing.layout import ASSETS_DIR, HF_CONFIG, copy_assets, model_checkpoint_dir
+from megatron_redi.conversion.hf_mapping import (
     IGNORED_HF,
     MCORE_LAYER_SUFFIXES,
     TE_NORM_NAMES,
@@ -44,14 +45,10 @@ from megatron_redi.checkpointing.hf_mapping import (
     pad_vocab,
 )
 from megatron_redi.model.config import Qwen2Shape
+from megatron_redi.model.unwrap import unwrap_model
 
-HF_CONFIG = "hf_config.json"
 CONVERSION_META = "redi_conversion.json"
-ASSETS_DIR = "hf_assets"
 INDEX = "model.safetensors.index.json"
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt", "tokenizer.model",
-                   "special_tokens_map.json", "added_tokens.json", "chat_template.jinja",
-                   "chat_template.json")
 DEFAULT_MAX_SHARD_BYTES = 5 * 10**9
 EMBED = "embedding.word_embeddings.weight"
 _ST_DTYPES = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32, "F64": torch.float64}
@@ -286,18 +283,6 @@ def _check_output_dir(output: Path) -> None:
         raise ConversionError(f"--output {output} exists and is not empty; choose a new folder")
 
 
-def _copy_assets(srcs: Iterable[Path], dst: Path) -> list[str]:
-    """Copy tokenizer and generation-config files from the first folder that has a tokenizer."""
-    for src in srcs:
-        names = [n for n in (*TOKENIZER_FILES, "generation_config.json") if (src / n).is_file()]
-        if any(n in names for n in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")):
-            dst.mkdir(parents=True, exist_ok=True)
-            for n in names:
-                shutil.copyfile(src / n, dst / n)
-            return names
-    return []
-
-
 def _bar(total: int, desc: str, progress: bool) -> tqdm:
     return tqdm(total=total, desc=desc, unit="B", unit_scale=True, unit_divisor=1024, disable=not progress,
                 file=sys.stderr, dynamic_ncols=True)
@@ -357,7 +342,7 @@ def hf_to_mcore(hf_dir: str | Path, output: str | Path, *, rope_theta: float | N
         dist_checkpointing.save({"model": filled}, str(tmp))
         del filled
         (tmp / HF_CONFIG).write_text(json.dumps(ck.config, indent=2) + "\n")
-        assets = _copy_assets([ck.path], tmp / ASSETS_DIR)
+        assets = copy_assets([ck.path], tmp / ASSETS_DIR)
         meta = {"source_hf_dir": str(ck.path.resolve()), "dtype": _DTYPE_NAMES.get(ck.dtype, str(ck.dtype)),
                 "tie_word_embeddings": ck.shape.tie_word_embeddings, "rope_theta": ck.shape.rope_theta,
                 "max_position_embeddings": ck.shape.max_position_embeddings, "assets": assets}
@@ -372,9 +357,7 @@ def hf_to_mcore(hf_dir: str | Path, output: str | Path, *, rope_theta: float | N
 def copy_hf_weights(model, hf_state: dict[str, torch.Tensor], shape: Qwen2Shape) -> None:
     """Load an in-memory HF Qwen2 state dict into an unsplit (TP1/PP1) model: what benchmarks and
     tests use to run megatron and `transformers` on the very same weights without a round trip to disk."""
-    from megatron_redi.checkpointing.training import unwrap
-
-    params = dict(unwrap(model).named_parameters())
+    params = dict(unwrap_model(model).named_parameters())
     mapper = HFToMegatron(Dims.from_shape(shape))
     done = set()
     for hf_name, t in hf_state.items():
@@ -397,8 +380,6 @@ def copy_hf_weights(model, hf_state: dict[str, torch.Tensor], shape: Qwen2Shape)
 def resolve_checkpoint_dir(load: str | Path) -> tuple[Path, Path]:
     """(folder holding metadata.json, the --load folder): a converted checkpoint, or a training --save
     folder whose newest complete iteration is used."""
-    from megatron_redi.checkpointing.training import model_checkpoint_dir
-
     root = Path(load)
     if not root.is_dir():
         raise ConversionError(f"--load {root} is not a directory")
@@ -626,7 +607,7 @@ def _write_hf_metadata(out: Path, cfg: dict, shape: Qwen2Shape, dtype: torch.dty
     if "dtype" in cfg:  # transformers 5 writes this key instead
         cfg["dtype"] = name
     (out / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
-    copied = _copy_assets(sources, out)
+    copied = copy_assets(sources, out)
     if not copied:
         raise ConversionError(f"no tokenizer files (tokenizer.json / tokenizer_config.json) in "
                               f"{[str(s) for s in sources]}: pass --tokenizer-model DIR")

@@ -1,10 +1,10 @@
-"""Entry point of one grading worker process: ``python -m megatron_redi.evaluation._grading_worker FD``
+"""Entry point of one grading worker process: ``python -m megatron_redi.grading._worker FD``
 (started by :mod:`.pool`, which owns the other end of the socket FD)."""
 
 import sys
 from multiprocessing.connection import Connection
 
-from megatron_redi.evaluation.pool import worker_main
+from megatron_redi.grading.pool import worker_main
 
 if __name__ == "__main__":
     worker_main(Connection(int(sys.argv[1])))

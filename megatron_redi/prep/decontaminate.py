@@ -6,7 +6,7 @@ look for its whole normalized word sequence inside the training problem instead:
 MATH-500 problem such as "Simplify $\\sqrt{242}$." (32 of the 500 have fewer than 8 words) could never match.
 
 The benchmark files are read directly from `megatron_redi/evaluation/benchmarks/` (field `problem`), so the
-data package does not depend on the evaluation package.
+prep package does not depend on the evaluation package.
 """
 
 from __future__ import annotations

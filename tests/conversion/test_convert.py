@@ -92,7 +92,7 @@ def _convert_many(jobs: list[list[str]], out: Path) -> list[dict]:
     """Several CLI invocations (`main(argv)`) in one process: megatron is imported once. Run via -c so
     the spawned helper of dist_checkpointing's save does not re-import a heavy __main__."""
     (out / "jobs.json").write_text(json.dumps(jobs))
-    code = ("import sys; from tests.checkpointing.test_convert import _cli_batch; "
+    code = ("import sys; from tests.conversion.test_convert import _cli_batch; "
             "_cli_batch(sys.argv[1], sys.argv[2])")
     p = subprocess.run([sys.executable, "-c", code, str(out / "jobs.json"), str(out / "results.json")],
                        cwd=ROOT, env=env(), capture_output=True, text=True, timeout=600)
@@ -180,7 +180,7 @@ def trained(work) -> dict:
 @pytest.fixture(scope="module")
 def megatron_logits(work, request) -> dict[str, torch.Tensor]:
     """Logits of every converted checkpoint (and the trained one) at TP1, TP2 and PP2, from a 2-rank
-    run of this file that loads them with training.load_pretrained (the trainer's own loader)."""
+    run of this file that loads them with training.checkpoint.load_pretrained (the trainer's own loader)."""
     out = work["root"] / "logits"
     out.mkdir(exist_ok=True)
     specs = [f"{n}={work['mcore'][n]}={work['mcore'][n] / 'hf_config.json'}" for n in MODELS]
@@ -280,7 +280,7 @@ def _broken_copy(src: Path, dst: Path, **cfg_changes) -> Path:
     ("missing_shard", r"shard\(s\) \['model-00002-of-0000\d.safetensors'\] listed in .* are missing"),
 ])
 def test_hf_checkpoint_mismatch_is_named(work, tmp_path, case, expect):
-    from megatron_redi.checkpointing.convert import ConversionError, inspect_hf
+    from megatron_redi.conversion.convert import ConversionError, inspect_hf
 
     src = work["hf"]["tied"]
     changes = {"layers": {"num_hidden_layers": 3}, "hidden": {"hidden_size": 128, "num_attention_heads": 8},
@@ -324,8 +324,8 @@ def test_checkpoint_metadata_checker_names_field(field, value, expect):
     """`_check_against_checkpoint` on the metadata megatron would store for the tiny tied model."""
     from types import SimpleNamespace
 
-    from megatron_redi.checkpointing.convert import ConversionError, _check_against_checkpoint
-    from megatron_redi.checkpointing.hf_mapping import Dims, mcore_checkpoint_shapes
+    from megatron_redi.conversion.convert import ConversionError, _check_against_checkpoint
+    from megatron_redi.conversion.hf_mapping import Dims, mcore_checkpoint_shapes
     from megatron_redi.model.config import Qwen2Shape
 
     good = Qwen2Shape.from_hf(_qwen2_config(300, True).to_dict())
@@ -345,7 +345,7 @@ def test_checkpoint_metadata_checker_names_field(field, value, expect):
 def test_mapping_inverts_and_matches_megatron_group_layout():
     """QKV interleave on a hand-checked example: per KV group [q heads of the group ; k ; v]; the norms
     map from both the TE-fused and the local-spec megatron names."""
-    from megatron_redi.checkpointing.hf_mapping import (
+    from megatron_redi.conversion.hf_mapping import (
         Dims,
         hf_from_megatron,
         qkv_from_megatron,
@@ -376,7 +376,6 @@ def _worker_logits(out_dir: str, tokens_path: str, specs: list[str]) -> None:
     import torch.distributed as dist
     from megatron.core import parallel_state as ps
 
-    from megatron_redi.checkpointing.training import load_pretrained
     from megatron_redi.model.config import ModelBuildConfig, Qwen2Shape
     from megatron_redi.model.provider import build_model
     from megatron_redi.platform.distributed import (
@@ -386,6 +385,7 @@ def _worker_logits(out_dir: str, tokens_path: str, specs: list[str]) -> None:
         init_model_parallel,
         set_seed,
     )
+    from megatron_redi.training.checkpoint import load_pretrained
 
     init_distributed()
     tokens = torch.load(tokens_path)
@@ -401,7 +401,7 @@ def _worker_logits(out_dir: str, tokens_path: str, specs: list[str]) -> None:
             shape = Qwen2Shape.from_hf(cfg)
             model = build_model(shape, ModelBuildConfig(tp, pp, transformer_impl="local"), seed=99,
                                 pre_process=first, post_process=last)
-            load_pretrained(ckpt, model, shape, None)
+            load_pretrained(ckpt, model)
             model.eval()
             with torch.no_grad():
                 if not first:

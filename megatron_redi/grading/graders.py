@@ -2,7 +2,7 @@
 
 Both are plain functions of (response, gold answers) so they run the same in-process, in the
 process pool (:mod:`.pool`) or in a test. Time limits are enforced here with one ``SIGALRM`` per
-sample instead of math-verify's own alarms: math-verify's alarms raise in threads and nest badly,
+sample (:mod:`.timeout`) instead of math-verify's own alarms: math-verify's alarms raise in threads and nest badly,
 while ours covers extraction, parsing and comparison together and is interruptible in pool workers
 (each runs tasks on its main thread).
 
@@ -14,18 +14,13 @@ from __future__ import annotations
 
 import logging
 import re
-import signal
-import threading
 from dataclasses import dataclass, field
 from functools import lru_cache
 
 from .extraction import Extraction, after_think, last_boxed
+from .timeout import ItemTimeout, run_with_timeout
 
 GRADERS = ("math_verify", "rllm")
-
-
-class _ItemTimeout(BaseException):
-    """BaseException so that libraries' ``except Exception`` cannot swallow the time limit."""
 
 
 @dataclass(frozen=True)
@@ -76,15 +71,10 @@ def _strip_dollars(text: str) -> str:
     return text
 
 
-def _gold_text(answers: tuple[str, ...]) -> list[str]:
-    """Gold strings as math-verify should read them; an ``all`` list was already joined by caller."""
-    out = []
-    for ans in answers:
-        if "\\boxed" in ans or "$" in ans:
-            out.append(ans)
-        else:
-            out.append(f"${ans}$")
-    return out
+def gold_text(answer: str) -> str:
+    """A gold answer as math-verify should read it: raw answers are bare LaTeX (``\\frac{1}{2}``) and
+    math-verify's LaTeX extractor needs math delimiters, so one without ``$`` or ``\\boxed`` gets ``$...$``."""
+    return answer if ("\\boxed" in answer or "$" in answer) else f"${answer}$"
 
 
 @lru_cache(maxsize=8192)
@@ -117,7 +107,7 @@ def math_verify_grade(response: str, answers: tuple[str, ...], list_mode: str = 
         pred = _mv_parse_pred(extracted) if extracted else []
     if not pred:
         return Verdict(extracted, False)
-    for gold in _gold_text(_golds_for(answers, list_mode)):
+    for gold in map(gold_text, _golds_for(answers, list_mode)):
         parsed = _mv_parse_gold(gold)
         if parsed and mv.verify(parsed, pred, timeout_seconds=None):
             return Verdict(extracted, True)
@@ -390,33 +380,22 @@ def grade(req: GradeRequest, timeout_s: float | None = None) -> GradeResult:
     process pool's hard deadline is the backstop.
     """
     result = GradeResult()
-    use_alarm = (timeout_s is not None and timeout_s > 0 and hasattr(signal, "setitimer")
-                 and threading.current_thread() is threading.main_thread())
-    old = None
-    if use_alarm:
-        def _raise(signum, frame):
-            raise _ItemTimeout()
-
-        old = signal.signal(signal.SIGALRM, _raise)
-        signal.setitimer(signal.ITIMER_REAL, timeout_s)
     pending = list(req.graders)
-    try:
+
+    def grade_all() -> bool:
         while pending:
             grader = pending[0]
             try:
                 result.verdicts[grader] = _grade_one(req, grader)
-            except _ItemTimeout:
+            except ItemTimeout:
                 raise
             except Exception as exc:  # noqa: BLE001 - a grader crash is a wrong answer, recorded
                 result.verdicts[grader] = Verdict(_safe_extract(req, grader), False)
                 result.error = f"{grader}: {type(exc).__name__}: {exc}"[:500]
             pending.pop(0)
-    except _ItemTimeout:
-        result.timed_out = True
-    finally:
-        if use_alarm:
-            signal.setitimer(signal.ITIMER_REAL, 0)
-            signal.signal(signal.SIGALRM, old)
+        return False
+
+    result.timed_out = run_with_timeout(grade_all, timeout_s, on_timeout=True)
     for grader in pending:
         result.verdicts[grader] = Verdict(_safe_extract(req, grader), False)
     return result

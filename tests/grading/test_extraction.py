@@ -1,7 +1,7 @@
 import pytest
 
-from megatron_redi.evaluation.errors import ConfigError
-from megatron_redi.evaluation.extraction import Extraction, after_think, all_boxed, last_boxed
+from megatron_redi.grading.errors import ConfigError
+from megatron_redi.grading.extraction import Extraction, after_think, all_boxed, last_boxed
 
 
 @pytest.mark.parametrize(

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from megatron_redi.checkpointing.training import MARKER, complete_checkpoints, latest_iteration
+from megatron_redi.checkpointing.layout import MARKER, complete_checkpoints, latest_iteration
 from tests.helpers_dist import ROOT, SAMPLE, TINY, env, free_port, read_jsonl, torchrun
 
 DRIVER = ROOT / "tests" / "training" / "layout_driver.py"
@@ -31,7 +31,7 @@ def _common(data, iters=6):
 
 def test_resume_is_exact_with_and_without_distributed_optimizer(tmp_path, data):
     """Interrupted at iteration 3 and resumed: the loss curve equals the uninterrupted one bit for bit.
-    Without the optimizer-step repair in checkpointing.training this diverges at iteration 5."""
+    Without the optimizer-step repair in platform.mcore_optimizer this diverges at iteration 5."""
     specs = []
     for tag, opt in (("plain", ""), ("distopt", "--use-distributed-optimizer")):
         save = f"--save,{tmp_path / tag}"

@@ -14,8 +14,30 @@ from pathlib import Path
 
 import pytest
 
-from megatron_redi.data import builder as B
-from megatron_redi.data.raw_synthetic import RawSyntheticConfig, iter_raw_rows, write_raw
+from megatron_redi.data.errors import DataError
+from megatron_redi.grading.extraction import answer_region
+from megatron_redi.grading.problem import CORRECT, ERROR, INCORRECT, TIMEOUT, grade_problem
+from megatron_redi.grading.timeout import run_with_timeout
+from megatron_redi.prep.builder import build
+from megatron_redi.prep.config import BuilderConfig
+from megatron_redi.prep.lengths import TokenLengths
+from megatron_redi.prep.raw_synthetic import RawSyntheticConfig, iter_raw_rows, write_raw
+from megatron_redi.prep.rules import (
+    LLAMA,
+    MATH_VERIFY,
+    check_schema,
+    combine_labels,
+    correct_mask,
+    first_correct_incorrect,
+    has_empty_generation,
+    is_allowed_source,
+    is_valid_problem,
+    labels_match,
+    pair_record,
+    sft_record,
+    shuffle_key,
+)
+from megatron_redi.prep.sink import JsonlSink
 
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
@@ -143,41 +165,41 @@ def test_rule_functions() -> None:
         "source": "s",
         "uuid": "u",
         "generations": ["a"],
-        "correctness": {B.LLAMA: [True], B.MATH_VERIFY: [None]},
+        "correctness": {LLAMA: [True], MATH_VERIFY: [None]},
     }
-    assert B.check_schema(good) is None
-    assert B.check_schema({**good, "source": None}) == "missing_field:source"
-    assert B.check_schema({**good, "generations": [1]}) == "wrong_type:generations"
-    assert B.check_schema({**good, "correctness": {B.LLAMA: [1]}}) == "wrong_type:correctness.llama_verification"
-    assert B.check_schema({**good, "correctness": None}, need_labels=False) is None
-    assert B.check_schema(good, need_answer=True) == "missing_field:answer"
-    assert B.check_schema({**good, "generations": []}) == "no_generations"
-    assert B.check_schema("text") == "not_an_object"
+    assert check_schema(good) is None
+    assert check_schema({**good, "source": None}) == "missing_field:source"
+    assert check_schema({**good, "generations": [1]}) == "wrong_type:generations"
+    assert check_schema({**good, "correctness": {LLAMA: [1]}}) == "wrong_type:correctness.llama_verification"
+    assert check_schema({**good, "correctness": None}, need_labels=False) is None
+    assert check_schema(good, need_answer=True) == "missing_field:answer"
+    assert check_schema({**good, "generations": []}) == "no_generations"
+    assert check_schema("text") == "not_an_object"
 
-    assert B.is_valid_problem(" YES ", ["yes"]) and not B.is_valid_problem("no", ["yes"])
-    assert B.is_valid_problem("no", [])
-    assert not B.is_allowed_source("cn_k12", ["cn_k12"]) and B.is_allowed_source("olympiads", ["cn_k12"])
-    assert B.labels_match(2, {B.LLAMA: [1, 2], B.MATH_VERIFY: [1, 2]})
-    assert not B.labels_match(2, {B.LLAMA: [1, 2], B.MATH_VERIFY: [1]})
-    assert B.has_empty_generation(["x", " \n"]) and not B.has_empty_generation(["x"])
+    assert is_valid_problem(" YES ", ["yes"]) and not is_valid_problem("no", ["yes"])
+    assert is_valid_problem("no", [])
+    assert not is_allowed_source("cn_k12", ["cn_k12"]) and is_allowed_source("olympiads", ["cn_k12"])
+    assert labels_match(2, {LLAMA: [1, 2], MATH_VERIFY: [1, 2]})
+    assert not labels_match(2, {LLAMA: [1, 2], MATH_VERIFY: [1]})
+    assert has_empty_generation(["x", " \n"]) and not has_empty_generation(["x"])
 
-    labels = {B.LLAMA: [True, True, False, None], B.MATH_VERIFY: [True, False, True, True]}
-    assert B.correct_mask(labels, 4, "both") == [True, False, False, False]
-    assert B.correct_mask(labels, 4, "llama") == [True, True, False, False]
-    assert B.correct_mask(labels, 4, "math_verify") == [True, False, True, True]
-    assert B.correct_mask(labels, 4, "either") == [True, True, True, True]
-    assert B.correct_mask({B.LLAMA: [True], B.MATH_VERIFY: [True]}, 2) == [True, False]  # missing = false
+    labels = {LLAMA: [True, True, False, None], MATH_VERIFY: [True, False, True, True]}
+    assert correct_mask(labels, 4, "both") == [True, False, False, False]
+    assert correct_mask(labels, 4, "llama") == [True, True, False, False]
+    assert correct_mask(labels, 4, "math_verify") == [True, False, True, True]
+    assert correct_mask(labels, 4, "either") == [True, True, True, True]
+    assert correct_mask({LLAMA: [True], MATH_VERIFY: [True]}, 2) == [True, False]  # missing = false
 
-    assert B.first_correct_incorrect([False, True, True, False]) == (1, 0)
-    assert B.first_correct_incorrect([True, True]) == (0, None)
-    assert B.first_correct_incorrect([False]) == (None, 0)
-    assert B.combine_labels([True, False, True], [False, False, True], "replace") == [False, False, True]
-    assert B.combine_labels([True, False, True], [False, False, True], "and") == [False, False, True]
-    assert B.combine_labels([True, False, False], [False, False, True], "or") == [True, False, True]
+    assert first_correct_incorrect([False, True, True, False]) == (1, 0)
+    assert first_correct_incorrect([True, True]) == (0, None)
+    assert first_correct_incorrect([False]) == (None, 0)
+    assert combine_labels([True, False, True], [False, False, True], "replace") == [False, False, True]
+    assert combine_labels([True, False, True], [False, False, True], "and") == [False, False, True]
+    assert combine_labels([True, False, False], [False, False, True], "or") == [True, False, True]
 
 
 def test_output_records_have_the_trainer_schema() -> None:
-    pair = B.pair_record("P", "good", "bad", "u1", "olympiads")
+    pair = pair_record("P", "good", "bad", "u1", "olympiads")
     assert pair == {
         "prompt": [{"role": "user", "content": "P"}],
         "chosen": [{"role": "assistant", "content": "good"}],
@@ -185,7 +207,7 @@ def test_output_records_have_the_trainer_schema() -> None:
         "uuid": "u1",
         "source": "olympiads",
     }
-    sft = B.sft_record("P", "good", "u1", "olympiads")
+    sft = sft_record("P", "good", "u1", "olympiads")
     assert sft["messages"] == [{"role": "user", "content": "P"}, {"role": "assistant", "content": "good"}]
 
 
@@ -283,9 +305,9 @@ def test_strict_names_file_and_row(tmp_path: Path, capsys) -> None:
     # Rows 0-7 are fine or dropped by rules; row 8 (line 9) has a one-entry llama list for two generations.
     assert f"{RAW}: row 8 (line 9): label_length_mismatch" in err
     assert not (tmp_path / "o" / "sft.jsonl").exists() and not (tmp_path / "o" / "sft.jsonl.partial").exists()
-    with pytest.raises(B.MalformedRowError) as e:
-        B.build(
-            B.BuilderConfig(
+    with pytest.raises(DataError) as e:
+        build(
+            BuilderConfig(
                 input=[str(RAW)],
                 output_dir=str(tmp_path / "o2"),
                 strict=True,
@@ -312,7 +334,7 @@ def test_determinism_and_seed(tmp_path: Path) -> None:
     assert sorted(r["uuid"] for r in sft_a) == sorted(r["uuid"] for r in sft_c)
     assert [r["uuid"] for r in sft_a] != [r["uuid"] for r in sft_c]
     # The order is the seeded hash of the input position, the same permutation for both sets.
-    order = {u: B.shuffle_key(7, 0, row) for row, u in enumerate(_all_uuids_by_row())}
+    order = {u: shuffle_key(7, 0, row) for row, u in enumerate(_all_uuids_by_row())}
     assert [r["uuid"] for r in sft_a] == sorted(DEFAULT_SFT, key=order.__getitem__)
     pairs_a = _read_jsonl(tmp_path / "a" / "pairs.jsonl")
     assert [r["uuid"] for r in pairs_a] == sorted(DEFAULT_PAIRS, key=order.__getitem__)
@@ -406,12 +428,12 @@ def test_input_formats_agree(tmp_path: Path) -> None:
 def test_strict_on_save_to_disk_names_arrow_file_and_row(tmp_path: Path) -> None:
     import datasets
 
-    good = [r for r in _raw_by_uuid().values() if B.check_schema(r) is None][:6]
+    good = [r for r in _raw_by_uuid().values() if check_schema(r) is None][:6]
     bad = _raw_by_uuid()["p09-mv-long"]
     datasets.Dataset.from_list(good[:4] + [bad] + good[4:]).save_to_disk(str(tmp_path / "d"))
-    with pytest.raises(B.MalformedRowError) as e:
-        B.build(
-            B.BuilderConfig(
+    with pytest.raises(DataError) as e:
+        build(
+            BuilderConfig(
                 input=[str(tmp_path / "d")],
                 output_dir=str(tmp_path / "o"),
                 strict=True,
@@ -465,7 +487,7 @@ def test_token_counts_match_the_chat_template() -> None:
     """Prompt = templated system + user + generation prompt; response = generation + <|im_end|>\\n + EOS."""
     from transformers import AutoTokenizer
 
-    counter = B.TokenLengths(str(TOKENIZER))
+    counter = TokenLengths(str(TOKENIZER))
     tok = AutoTokenizer.from_pretrained(str(TOKENIZER))
     raw = _raw_by_uuid()
     problems = [raw[u]["problem"] for u in ("p00-mixed", "p25-long-prompt", "p23-aime24")]
@@ -488,7 +510,7 @@ def test_token_counts_match_the_chat_template() -> None:
 
 def test_length_shortcut_gives_the_exact_decision() -> None:
     """ASCII texts at most `bound` characters long skip tokenization; the decisions equal exact counts."""
-    counter = B.TokenLengths(str(TOKENIZER))
+    counter = TokenLengths(str(TOKENIZER))
     assert counter.byte_bounded
     raw = _raw_by_uuid()
     gens = [g for u in ("p00-mixed", "p26-long-rejected", "p27-long-chosen") for g in raw[u]["generations"]]
@@ -513,13 +535,13 @@ def test_length_shortcut_gives_the_exact_decision() -> None:
 
 def test_run_with_timeout() -> None:
     t0 = time.perf_counter()
-    assert B.run_with_timeout(lambda: time.sleep(5) or B.CORRECT, 0.2) == B.TIMEOUT
+    assert run_with_timeout(lambda: time.sleep(5) or CORRECT, 0.2, TIMEOUT) == TIMEOUT
     assert time.perf_counter() - t0 < 2
-    assert B.run_with_timeout(lambda: B.CORRECT, 1.0) == B.CORRECT
+    assert run_with_timeout(lambda: CORRECT, 1.0, TIMEOUT) == CORRECT
 
 
 def test_grade_problem_in_process() -> None:
-    grades = B.grade_problem(
+    grades = grade_problem(
         (
             "\\frac{1}{2}",
             [
@@ -530,10 +552,10 @@ def test_grade_problem_in_process() -> None:
             10.0,
         )
     )
-    assert grades == [B.CORRECT, B.INCORRECT, B.CORRECT]
-    assert B.grade_problem(("", ["$\\boxed{1}$", "nothing"], 10.0)) == [B.ERROR, B.ERROR]  # no reference
-    assert B.answer_region("<think>a</think> b") == " b"
-    assert B.answer_region("no think tag") == "no think tag"
+    assert grades == [CORRECT, INCORRECT, CORRECT]
+    assert grade_problem(("", ["$\\boxed{1}$", "nothing"], 10.0)) == [ERROR, ERROR]  # no reference
+    assert answer_region("<think>a</think> b") == " b"
+    assert answer_region("no think tag") == "no think tag"
 
 
 @pytest.mark.slow
@@ -581,12 +603,12 @@ def test_reverify_with_math_verify(tmp_path, combine, sft_expected, pairs_expect
 
 
 def test_sink_orders_by_key_even_when_buckets_split(tmp_path: Path) -> None:
-    keys = [B.shuffle_key(3, 0, i) for i in range(500)]
+    keys = [shuffle_key(3, 0, i) for i in range(500)]
     tmp = tmp_path / "tmp"
     tmp.mkdir()
     splits = []
 
-    class Sink(B.JsonlSink):
+    class Sink(JsonlSink):
         def _drain(self, bucket, out, depth):
             splits.append(depth)
             super()._drain(bucket, out, depth)
@@ -605,7 +627,7 @@ def test_synthetic_raw_matches_an_independent_count(tmp_path: Path) -> None:
     cfg = RawSyntheticConfig(n=400, seed=5, gen_chars=200)
     rows = list(iter_raw_rows(cfg))
     assert rows == list(iter_raw_rows(cfg))  # deterministic
-    assert all(B.check_schema(r) is None for r in rows)
+    assert all(check_schema(r) is None for r in rows)
     # Straightforward re-statement of the paper's recipe, to compare the builder with.
     sft = pairs = 0
     for r in rows:
