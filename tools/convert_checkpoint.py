@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import traceback
 import warnings
 from pathlib import Path
 
@@ -67,13 +66,6 @@ if __name__ == "__main__":
     # conversion is a CPU job: hide GPUs before torch is imported (megatron's CPU path is the tested one)
     os.environ["CUDA_VISIBLE_DEVICES"] = ""
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    try:
-        main()
-    except (ValueError, FileNotFoundError, RuntimeError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        if os.environ.get("REDI_TRACEBACK"):
-            traceback.print_exc()
-        sys.exit(2)
-    from megatron_redi.platform.distributed import destroy
+    from megatron_redi.platform.distributed import run_main
 
-    destroy()
+    run_main(main)

@@ -20,6 +20,7 @@ from megatron_redi.training.config import (
     LoggingArgs,
     ModelArgs,
     OptimizerArgs,
+    ScoreConfig,
     TrainConfig,
     TrainingArgs,
 )
@@ -176,9 +177,7 @@ def build_score_parser() -> argparse.ArgumentParser:
 
 
 def parse_score_args(argv: list[str] | None = None):
-    """The scorer's command line -> a validated `training.scoring.ScoreConfig`."""
-    from megatron_redi.training.scoring import ScoreConfig
-
+    """The scorer's command line -> a validated ScoreConfig."""
     d = vars(build_score_parser().parse_args(argv))
     cfg = ScoreConfig(model=model_args_from(d), parallel=_section(ParallelConfig, d), data=_section(DataArgs, d),
                       **{k: d[k] for k in ("pretrained_checkpoint", "output", "seed", "batch_pairs", "no_progress")})

@@ -198,3 +198,24 @@ class TrainConfig:
         if self.data.global_batch_size % (per_mb * dp):
             raise ValueError(f"--global-batch-size {self.data.global_batch_size} is not divisible by "
                              f"--micro-batch-size {self.data.micro_batch_size} x data-parallel size {dp}")
+
+
+@dataclass
+class ScoreConfig:
+    """What `tools/score_reference.py` takes: the trainer's model, data and parallelism sections, the
+    checkpoint to score with and where to write."""
+
+    model: ModelArgs = field(default_factory=ModelArgs)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    data: DataArgs = field(default_factory=DataArgs)
+    pretrained_checkpoint: str | None = None  # None: the seeded random initialisation
+    output: str = ""
+    seed: int = 42
+    batch_pairs: int = 64  # pairs per DP rank per schedule call
+    no_progress: bool = False
+
+    def validate(self) -> None:
+        self.model.validate()
+        self.data.validate()
+        if self.batch_pairs < 1:
+            raise ValueError(f"--batch-pairs must be >= 1, got {self.batch_pairs}")

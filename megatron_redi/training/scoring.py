@@ -8,7 +8,6 @@ Runs under any TP/PP/CP/DP layout; rows come back in input order.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
@@ -21,31 +20,10 @@ from megatron_redi.data.dataset import make_micro_batches, pad_multiple
 from megatron_redi.data.schema import iter_rows
 from megatron_redi.objectives.losses import ObjectiveConfig
 from megatron_redi.objectives.sums import document_sums
-from megatron_redi.platform.distributed import ParallelConfig, device
-from megatron_redi.training.config import DataArgs, ModelArgs
+from megatron_redi.platform.distributed import device
+from megatron_redi.training.config import ScoreConfig
 from megatron_redi.training.forward_step import StepInput, make_forward_step
 from megatron_redi.training.setup import build_ddp_model, dataset_provider, init_world, is_logging_rank, model_provider
-
-
-@dataclass
-class ScoreConfig:
-    """What `tools/score_reference.py` takes: the trainer's model, data and parallelism sections, the
-    checkpoint to score with and where to write."""
-
-    model: ModelArgs = field(default_factory=ModelArgs)
-    parallel: ParallelConfig = field(default_factory=ParallelConfig)
-    data: DataArgs = field(default_factory=DataArgs)
-    pretrained_checkpoint: str | None = None  # None: the seeded random initialisation
-    output: str = ""
-    seed: int = 42
-    batch_pairs: int = 64  # pairs per DP rank per schedule call
-    no_progress: bool = False
-
-    def validate(self) -> None:
-        self.model.validate()
-        self.data.validate()
-        if self.batch_pairs < 1:
-            raise ValueError(f"--batch-pairs must be >= 1, got {self.batch_pairs}")
 
 
 class DocumentSums:
