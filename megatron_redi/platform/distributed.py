@@ -105,14 +105,16 @@ def destroy() -> None:
 
 
 def run_main(main: Callable[[], object]) -> None:
-    """Run a distributed entry point (`pretrain_redi.py`, `tools/score_reference.py`). A user error
-    (ValueError, FileNotFoundError, RuntimeError) prints `[rank R] error: ...` on every rank and exits
-    2, so no rank waits in a collective for one that failed (REDI_TRACEBACK=1 adds the traceback).
-    Otherwise the process groups are torn down and an int result becomes the exit code."""
+    """Run an entry point (`pretrain_redi.py`, `tools/score_reference.py`, `tools/convert_checkpoint.py`).
+    A user error (ValueError, FileNotFoundError, RuntimeError) prints `error: ...` (`[rank R] error: ...`
+    under torchrun) on every rank and exits 2, so no rank waits in a collective for one that failed
+    (REDI_TRACEBACK=1 adds the traceback). Otherwise the process groups are torn down and an int
+    result becomes the exit code."""
     try:
         result = main()
     except (ValueError, FileNotFoundError, RuntimeError) as e:
-        print(f"[rank {os.environ.get('RANK', '0')}] error: {e}", file=sys.stderr)
+        rank = f"[rank {os.environ['RANK']}] " if "RANK" in os.environ else ""
+        print(f"{rank}error: {e}", file=sys.stderr)
         if os.environ.get("REDI_TRACEBACK"):
             traceback.print_exc()
         sys.exit(2)

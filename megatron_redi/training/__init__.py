@@ -1,1 +1,2 @@
-"""Arguments, the training loop on megatron.core schedules, optimizer/scheduler, metrics, signals."""
+"""Training on megatron.core: config and flags, set-up and providers, the forward step, global batches,
+the loop, optimizer and schedule, save/resume, DPO reference scoring, metrics, throughput, signals."""

@@ -177,8 +177,19 @@ def build_score_parser() -> argparse.ArgumentParser:
 
 
 def parse_score_args(argv: list[str] | None = None):
-    """The scorer's command line -> a validated ScoreConfig."""
-    d = vars(build_score_parser().parse_args(argv))
+    """The scorer's command line -> a validated ScoreConfig. A training-only flag (e.g. from a reused
+    training command line) is refused by name rather than silently ignored."""
+    parser = build_score_parser()
+    ns, rest = parser.parse_known_args(argv)
+    if rest:
+        training_only = {s for a in build_parser()._actions for s in a.option_strings}
+        named = [a.split("=")[0] for a in rest if a.startswith("--")]
+        trainer = [a for a in named if a in training_only]
+        if trainer:
+            parser.error(f"{' '.join(trainer)}: training flags, not taken by the reference scorer "
+                         f"(it scores with the model, data and parallelism flags only); drop them")
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    d = vars(ns)
     cfg = ScoreConfig(model=model_args_from(d), parallel=_section(ParallelConfig, d), data=_section(DataArgs, d),
                       **{k: d[k] for k in ("pretrained_checkpoint", "output", "seed", "batch_pairs", "no_progress")})
     cfg.validate()

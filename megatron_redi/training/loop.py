@@ -137,8 +137,8 @@ def pretrain(cfg: TrainConfig, model_provider: Callable, forward_step_func: Call
             rec = {"iteration": state.iteration, "consumed_samples": state.consumed_samples,
                    "epoch": round(sampler.epoch_of(state.consumed_samples), 4), "lr": lr_used,
                    "grad_norm": float(grad_norm) if grad_norm is not None else None,
-                   "update_successful": bool(ok), **reduced, "micro_batches": len(batch.micro_batches),
-                   **window.report()}
+                   "update_successful": bool(ok), **reduced, **window.report(),
+                   "micro_batches": len(batch.micro_batches)}
             logger.log(rec, tqdm.write)
             last = rec
         if _checkpoint_and_should_stop(cfg, state, total_iters, signals, model, optimizer, scheduler, log_rank):

@@ -10,7 +10,7 @@ import torch
 from megatron_redi.model.config import ModelBuildConfig, Qwen2Shape, transformer_config
 from megatron_redi.platform.gpu_features import check_fp8_request
 from megatron_redi.training.arguments import parse_args
-from tests.helpers_dist import ROOT, SAMPLE, TINY, torchrun
+from tests.helpers_dist import ROOT, TINY, torchrun
 
 
 def test_qwen2_fields_and_overrides():
@@ -47,10 +47,15 @@ def test_fp8_and_te_refused_without_te():
 
 
 def test_trainer_refuses_fp8_before_doing_work(tmp_path):
+    """The refusal comes before any data work: with a --data-path that does not exist, the error is
+    still about FP8, and the tokenisation cache folder is never created."""
+    cache = tmp_path / "cache"
     p = torchrun(ROOT / "pretrain_redi.py", ["--model-config", str(TINY), "--tokenizer-model", str(TINY),
-                                             "--data-path", str(SAMPLE / "pairs.jsonl"), "--train-iters", "1",
-                                             "--fp8-format", "e4m3", "--no-progress"], nproc=1, check=False)
-    assert p.returncode != 0 and "--fp8-format" in p.stderr and "tokenize" not in p.stderr
+                                             "--data-path", str(tmp_path / "missing.jsonl"), "--train-iters", "1",
+                                             "--data-cache-dir", str(cache), "--fp8-format", "e4m3",
+                                             "--no-progress"], nproc=1, check=False)
+    assert p.returncode == 2 and "--fp8-format" in p.stderr, p.stderr[-2000:]
+    assert "--data-path" not in p.stderr and not cache.exists()
 
 
 def test_cu_seqlens_for_thd():

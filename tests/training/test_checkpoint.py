@@ -130,3 +130,26 @@ def test_sigterm_saves_and_exits_zero(tmp_path, data):
     done = complete_checkpoints(ck)
     assert len(done) == 1 and done[0] == len(read_jsonl(metrics)) < 500
     assert "stopping at iteration" in (tmp_path / "log.txt").read_text()
+
+
+@pytest.mark.parametrize("keep_last,remain", [(2, [3, 4]), (None, [1, 2, 3, 4])])
+def test_keep_last_prunes_the_oldest(megatron_world, tmp_path, keep_last, remain):
+    """Four saves with --keep-last 2 leave the newest two (and the marker on the newest); without the
+    flag every save stays."""
+    from megatron_redi.model.config import ModelBuildConfig, Qwen2Shape
+    from megatron_redi.model.provider import build_model
+    from megatron_redi.platform.distributed import ParallelConfig
+    from megatron_redi.training import checkpoint as ck
+    from megatron_redi.training.config import CheckpointArgs, OptimizerArgs
+    from megatron_redi.training.optimizer import build_optimizer
+    from megatron_redi.training.setup import build_ddp_model
+
+    shape, parallel = Qwen2Shape.from_hf(TINY), ParallelConfig()
+    model = build_ddp_model(lambda pre_process, post_process: build_model(shape, ModelBuildConfig()), parallel)
+    opt, sched = build_optimizer(OptimizerArgs(), [model], 10)
+    args = CheckpointArgs(save=str(tmp_path), keep_last=keep_last)
+    for it in range(1, 5):
+        ck.save_training_checkpoint(args, model, opt, sched, ck.TrainState(it, 4 * it), parallel, {})
+    assert complete_checkpoints(tmp_path) == remain
+    assert latest_iteration(tmp_path) == 4 and (tmp_path / MARKER).read_text() == "4"
+    assert sorted(p.name for p in tmp_path.glob("iter_*")) == [f"iter_{i:07d}" for i in remain]

@@ -59,3 +59,55 @@ def test_fused_adam_matches_default(megatron_world, monkeypatch, bf16):
         torch.testing.assert_close(fused[name], default[name], rtol=1e-5, atol=1e-6, msg=name)
         moved += 1
     assert moved > 20
+
+
+def _built(argv_extra: list[str]):
+    """The optimizer the trainer builds from its own command line."""
+    from megatron_redi.model.provider import build_model
+    from megatron_redi.training.arguments import parse_args
+
+    cfg = parse_args(["--model-config", str(TINY), "--tokenizer-model", str(TINY), "--data-path", "x.jsonl",
+                      "--train-iters", "10", *argv_extra])
+    shape = Qwen2Shape.from_hf(TINY)
+    model = build_ddp_model(lambda pre_process, post_process: build_model(shape, ModelBuildConfig()),
+                            cfg.parallel)
+    opt, _ = build_optimizer(cfg.optimizer, [model], 10, bf16=cfg.model.bf16,
+                             use_distributed_optimizer=cfg.parallel.use_distributed_optimizer)
+    return model, opt
+
+
+@pytest.mark.parametrize("extra,want", [
+    ([], dict(betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-4, clip=1.0)),  # the paper's AdamW (REDI.md)
+    (["--adam-beta1", "0.8", "--adam-beta2", "0.95", "--adam-eps", "1e-6", "--weight-decay", "0.01",
+      "--clip-grad", "0.5"], dict(betas=(0.8, 0.95), eps=1e-6, weight_decay=0.01, clip=0.5)),
+])
+def test_optimizer_settings_reach_adamw(megatron_world, extra, want):
+    model, opt = _built(extra)
+    assert opt.config.clip_grad == want["clip"]
+    seen = {"matrix": 0, "vector": 0}
+    for o in inner_torch_optimizers(opt):
+        assert isinstance(o, torch.optim.AdamW) and o.defaults["decoupled_weight_decay"]
+        for g in o.param_groups:
+            assert (g["betas"], g["eps"]) == (want["betas"], want["eps"])
+            for p in g["params"]:
+                # biases and norm weights are not decayed (Megatron's and HF Trainer's convention)
+                kind = "matrix" if p.ndim > 1 else "vector"
+                assert g["weight_decay"] == (want["weight_decay"] if kind == "matrix" else 0.0), p.shape
+                seen[kind] += 1
+    assert seen["matrix"] > 5 and seen["vector"] > 5
+
+
+@pytest.mark.parametrize("clip", ["1.0", "0"])
+def test_gradients_are_clipped_to_clip_grad(megatron_world, clip):
+    model, opt = _built(["--clip-grad", clip])
+    g = torch.Generator().manual_seed(3)
+    grads = {}
+    for n, p in model.named_parameters():
+        grads[n] = torch.randn(p.shape, generator=g) * 10
+        p.main_grad.copy_(grads[n])
+    want_norm = torch.sqrt(sum((x.double() ** 2).sum() for x in grads.values())).item()
+    ok, grad_norm, _ = opt.step()
+    assert ok and abs(grad_norm - want_norm) < 1e-6 * want_norm  # reported before clipping
+    after = torch.sqrt(sum((p.grad.double() ** 2).sum() for p in model.parameters())).item()
+    expect = float(clip) if float(clip) > 0 else want_norm  # --clip-grad 0 turns clipping off
+    assert abs(after - expect) < 1e-5 * expect, (after, expect)

@@ -62,3 +62,18 @@ def test_dpo_from_its_own_reference_starts_at_ln2(tmp_path):
     rec = read_jsonl(metrics)[0]
     assert math.isclose(rec["loss"], math.log(2), rel_tol=1e-6)
     assert abs(rec["margin"]) < 1e-9
+
+
+def test_scorer_has_its_own_flags(capsys):
+    """--load is the scorer's checkpoint; training-only flags are refused by name, not ignored."""
+    import pytest
+
+    from megatron_redi.training.arguments import parse_score_args
+
+    base = ["--model-config", str(TINY), "--tokenizer-model", str(TINY), "--data-path", "p.jsonl",
+            "--output", "o.jsonl"]
+    cfg = parse_score_args([*base, "--load", "/ck/sft", "--tensor-model-parallel-size", "2", "--bf16"])
+    assert (cfg.pretrained_checkpoint, cfg.parallel.tensor_model_parallel_size, cfg.model.bf16) == ("/ck/sft", 2, True)
+    with pytest.raises(SystemExit):
+        parse_score_args([*base, "--loss-type", "dpo", "--global-batch-size", "8"])
+    assert "--loss-type --global-batch-size: training flags" in capsys.readouterr().err
