@@ -24,7 +24,7 @@ from megatron_redi.training import checkpoint as ckpt
 from megatron_redi.training.batches import GlobalBatch, GlobalBatches
 from megatron_redi.training.config import TrainConfig
 from megatron_redi.training.forward_step import StepInput
-from megatron_redi.training.metrics import MetricsLogger, reduce_metrics
+from megatron_redi.training.metrics import MetricAverager, MetricsLogger, reduce_metrics
 from megatron_redi.training.optimizer import build_optimizer
 from megatron_redi.training.setup import build_ddp_model, init_world, is_logging_rank
 from megatron_redi.training.signals import ExitSignalHandler
@@ -112,6 +112,7 @@ def pretrain(cfg: TrainConfig, model_provider: Callable, forward_step_func: Call
     signals = ExitSignalHandler() if cfg.training.exit_signal_handler else None
     dev = device()
     window = ThroughputWindow(shape, dist.get_world_size(), dev)
+    averager = MetricAverager()
     bar = tqdm(total=total_iters, initial=state.iteration, desc=cfg.objective.loss_type,
                disable=not log_rank or cfg.logging.no_progress, dynamic_ncols=True, file=sys.stdout)
     if log_rank:
@@ -132,12 +133,12 @@ def pretrain(cfg: TrainConfig, model_provider: Callable, forward_step_func: Call
         window.add(time.perf_counter() - t0, batch.tokens, batch.doc_lengths, batch.packing_efficiency)
         bar.update(1)
 
-        reduced = reduce_metrics(losses, dev)
+        averager.add(reduce_metrics(losses, dev))
         if state.iteration % cfg.logging.log_interval == 0 or state.iteration == total_iters:
             rec = {"iteration": state.iteration, "consumed_samples": state.consumed_samples,
                    "epoch": round(sampler.epoch_of(state.consumed_samples), 4), "lr": lr_used,
                    "grad_norm": float(grad_norm) if grad_norm is not None else None,
-                   "update_successful": bool(ok), **reduced, **window.report(),
+                   "update_successful": bool(ok), **averager.mean(), **window.report(),
                    "micro_batches": len(batch.micro_batches)}
             logger.log(rec, tqdm.write)
             last = rec

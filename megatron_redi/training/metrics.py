@@ -23,6 +23,26 @@ def reduce_metrics(losses: list[dict], device: torch.device) -> dict:
     return {k: float(v) for k, v in zip(keys, vec.tolist())}
 
 
+class MetricAverager:
+    """Means of the objective's metrics over the iterations since the last log line (Megatron averages
+    its losses over --log-interval the same way)."""
+
+    def __init__(self):
+        self.sums: dict[str, float] = {}
+        self.count = 0
+
+    def add(self, metrics: dict[str, float]) -> None:
+        for k, v in metrics.items():
+            self.sums[k] = self.sums.get(k, 0.0) + v
+        self.count += 1
+
+    def mean(self) -> dict[str, float]:
+        """The window's means; then start a new window."""
+        out = {k: v / self.count for k, v in self.sums.items()} if self.count else {}
+        self.sums, self.count = {}, 0
+        return out
+
+
 class MetricsLogger:
     def __init__(self, metrics_file: str | None, tensorboard_dir: str | None, enabled: bool):
         self.enabled = enabled

@@ -87,19 +87,25 @@ def score_pairs(cfg: ScoreConfig) -> list | None:
 
 
 def write_scored(data_paths: list[str], scores: list, output: str | Path) -> int:
-    """Copy the pair rows with the reference log-probs added; atomic (tmp file + rename)."""
+    """Copy the pair rows with the reference log-probs added; atomic (tmp file + rename). Raises
+    RuntimeError, writing nothing, when the data holds more or fewer rows than were scored."""
     out = Path(output)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
     n = 0
-    with open(tmp, "w") as f:
-        for path in data_paths:
-            for row, _ in iter_rows(path):
-                row = dict(row)
-                row["ref_chosen_logp"], row["ref_rejected_logp"] = scores[n]
-                f.write(json.dumps(row) + "\n")
-                n += 1
-    if n != len(scores):
-        raise RuntimeError(f"scored {len(scores)} pairs but the data has {n} rows")
-    tmp.replace(out)
+    try:
+        with open(tmp, "w") as f:
+            for path in data_paths:
+                for row, _ in iter_rows(path):
+                    if n < len(scores):
+                        row = dict(row)
+                        row["ref_chosen_logp"], row["ref_rejected_logp"] = scores[n]
+                        f.write(json.dumps(row) + "\n")
+                    n += 1
+        if n != len(scores):
+            raise RuntimeError(f"scored {len(scores)} pairs but the data has {n} rows (did --data-path change "
+                               f"while scoring?)")
+        tmp.replace(out)
+    finally:
+        tmp.unlink(missing_ok=True)
     return n

@@ -33,23 +33,27 @@ def _saved_bytes(fn, params=()) -> tuple[int, list, torch.Tensor]:
     return sum(storages.values()), seen, out
 
 
-@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)])
-def test_rms_norm_matches_plain_math(dtype, tol):
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_rms_norm_matches_plain_math(dtype):
+    """Values and gradients against Qwen2's formula evaluated in float64 on the same inputs. fp32: 1e-5.
+    bf16: the fused kernel computes in fp32 and rounds its results to bf16, at most two bf16 roundings
+    (2^-7 relative) of each value, measured against the largest value of the tensor."""
     torch.manual_seed(0)
     x = (3 * torch.randn(5, 2, 48)).to(dtype).requires_grad_()
     w = (1 + 0.3 * torch.randn(48)).to(dtype).requires_grad_()
     g = torch.randn(5, 2, 48).to(dtype)
     got = fused_rms_norm(x, w, 1e-6)
     (got * g).sum().backward()
-    gx, gw = x.grad.clone(), w.grad.clone()
-    x.grad = w.grad = None
-    want = _reference_rms_norm(x, w, 1e-6)
-    (want * g).sum().backward()
-    assert got.dtype == want.dtype == dtype
-    torch.testing.assert_close(got, want, rtol=tol, atol=tol)
-    torch.testing.assert_close(gx, x.grad, rtol=tol, atol=tol)
-    # the weight gradient sums 10 rows; bf16 rounding of the reference's per-row products shows up there
-    torch.testing.assert_close(gw, w.grad, rtol=tol, atol=tol * 10)
+    x64 = x.detach().double().requires_grad_()
+    w64 = w.detach().double().requires_grad_()
+    want = _reference_rms_norm(x64, w64, 1e-6)
+    (want * g.double()).sum().backward()
+    assert got.dtype == dtype
+    for name, a, b in (("out", got, want), ("grad x", x.grad, x64.grad), ("grad w", w.grad, w64.grad)):
+        if dtype == torch.float32:
+            torch.testing.assert_close(a.double(), b.detach(), rtol=1e-5, atol=1e-5, msg=name)
+        else:
+            torch.testing.assert_close(a.double(), b.detach(), rtol=2**-7, atol=2**-7 * float(b.abs().max()), msg=name)
 
 
 def test_rms_norm_keeps_only_input_and_row_scale():

@@ -24,5 +24,4 @@ def test_tiny_run_same_loss_both_contenders(tmp_path):
         assert abs(r["ours_first_loss"] - r["baseline_first_loss"]) < 1e-4, r
         assert r["ours_tokens_per_s"] > 0 and r["baseline_tokens_per_s"] > 0
         assert r["ours_peak_gb"] >= r["ours_static_gb"] > 0
-        assert r["speedup"] == r["baseline_step_s"] / r["ours_step_s"]
-    assert "speedup" in proc.stdout  # the readable table
+        assert f"{r['speedup']:.2f}x" in proc.stdout  # the readable table shows each row's speedup

@@ -77,3 +77,61 @@ def test_scorer_has_its_own_flags(capsys):
     with pytest.raises(SystemExit):
         parse_score_args([*base, "--loss-type", "dpo", "--global-batch-size", "8"])
     assert "--loss-type --global-batch-size: training flags" in capsys.readouterr().err
+
+
+def test_scores_from_a_trained_checkpoint_under_pp_and_cp_match_transformers(tmp_path, megatron_world):
+    """Score with `--load` of a training --save folder (PP2 and CP2): every row equals `transformers` on
+    the same checkpoint exported to HF, and not the seeded random initialisation."""
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("\n".join((SAMPLE / "pairs.jsonl").read_text().splitlines()[:5]) + "\n")
+    ck = tmp_path / "ck"
+    torchrun(ROOT / "pretrain_redi.py", [*ARGS, "--data-path", str(SAMPLE / "sft.jsonl"), "--loss-type", "sft",
+                                         "--global-batch-size", "4", "--train-iters", "2", "--lr", "1e-2",
+                                         "--lr-warmup-fraction", "0", "--save", str(ck)], nproc=1)
+    tool = ROOT / "tools" / "score_reference.py"
+    for name, layout in (("pp2", ["--pipeline-model-parallel-size", "2"]), ("cp2", ["--context-parallel-size", "2"])):
+        torchrun(tool, [*ARGS, "--load", str(ck), "--data-path", str(data), "--output", str(tmp_path / f"{name}.jsonl"),
+                        *layout], nproc=2)
+    export = tmp_path / "hf"
+    torchrun(ROOT / "tools" / "convert_checkpoint.py", ["mcore-to-hf", "--load", str(ck), "--output", str(export),
+                                                        "--no-progress"], nproc=1)
+
+    from transformers import Qwen2ForCausalLM
+
+    hf = Qwen2ForCausalLM.from_pretrained(export, torch_dtype=torch.float32).eval()
+    from megatron_redi.model.provider import build_model
+
+    shape = Qwen2Shape.from_hf(TINY)
+    random_init = build_model(shape, ModelBuildConfig(), seed=3)
+    exs, _ = load_examples(DataConfig([str(data)], str(TINY), True, False, TokenizeConfig(seq_length=512)),
+                           progress=False)
+
+    def logp(ids, prompt_len, fwd):
+        with torch.no_grad():
+            logits = fwd(ids)[0, :, : shape.vocab_size].float()
+        lp = torch.log_softmax(logits[:-1], -1).gather(-1, ids[0, 1:, None]).squeeze(-1)
+        return lp[prompt_len - 1 :].sum().item()
+
+    scored = {n: read_jsonl(tmp_path / f"{n}.jsonl") for n in ("pp2", "cp2")}
+    for i, ex in enumerate(exs):
+        for comp, key in zip(ex.completions, ("ref_chosen_logp", "ref_rejected_logp")):
+            ids = torch.tensor([ex.prompt + comp])
+            want = logp(ids, len(ex.prompt), lambda t: hf(t).logits)
+            rand = logp(ids, len(ex.prompt), lambda t: random_init(t, torch.arange(t.shape[1])[None], None))
+            assert abs(want - rand) > 1e-2 * abs(want)  # the checkpoint is not the initialisation
+            for name, rows in scored.items():
+                assert math.isclose(rows[i][key], want, rel_tol=1e-5), (name, i, key, rows[i][key], want)
+
+
+def test_write_scored_refuses_a_row_count_mismatch(tmp_path):
+    import pytest
+
+    from megatron_redi.training.scoring import write_scored
+
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("\n".join((SAMPLE / "pairs.jsonl").read_text().splitlines()[:3]) + "\n")
+    for scores in ([(-1.0, -2.0)] * 2, [(-1.0, -2.0)] * 4):
+        with pytest.raises(RuntimeError, match=f"scored {len(scores)} pairs but the data has 3 rows"):
+            write_scored([str(data)], scores, tmp_path / "out.jsonl")
+        assert not list(tmp_path.glob("out.jsonl*"))
+    assert write_scored([str(data)], [(-1.0, -2.0)] * 3, tmp_path / "out.jsonl") == 3
