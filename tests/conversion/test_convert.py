@@ -25,6 +25,8 @@ if str(ROOT) not in sys.path:  # worker mode: run as a script by torchrun
 
 from tests.helpers_dist import SAMPLE, TINY, env, torchrun  # noqa: E402
 
+pytestmark = pytest.mark.slow  # launches processes (torchrun / tools); `-m 'not slow'` skips them
+
 CONVERT = ROOT / "tools" / "convert_checkpoint.py"
 LAYOUTS = {"tp1": (1, 1), "tp2": (2, 1), "pp2": (1, 2)}
 # vocab 300 pads to 384 rows at TP1 but 512 at TP2 (resharding with a different padding); 384 is the

@@ -7,7 +7,11 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from tests.helpers_dist import ROOT, env, free_port
+
+pytestmark = pytest.mark.slow  # launches processes (torchrun / tools); `-m 'not slow'` skips them
 
 
 def test_tiny_run_same_loss_both_contenders(tmp_path):

@@ -9,6 +9,8 @@ import pytest
 from megatron_redi.training.arguments import parse_args
 from tests.helpers_dist import ROOT, SAMPLE, TINY, torchrun
 
+pytestmark = pytest.mark.slow  # launches processes (torchrun / tools); `-m 'not slow'` skips them
+
 BASE = ["--model-config", str(TINY), "--tokenizer-model", str(TINY), "--data-path", str(SAMPLE / "pairs.jsonl"),
         "--train-iters", "1", "--global-batch-size", "4"]
 

@@ -13,6 +13,8 @@ import pytest
 from megatron_redi.checkpointing.layout import MARKER, complete_checkpoints, latest_iteration
 from tests.helpers_dist import ROOT, SAMPLE, TINY, env, free_port, read_jsonl, torchrun
 
+pytestmark = pytest.mark.slow  # launches processes (torchrun / tools); `-m 'not slow'` skips them
+
 DRIVER = ROOT / "tests" / "training" / "layout_driver.py"
 
 

@@ -15,6 +15,8 @@ import pytest
 
 from tests.helpers_dist import ROOT, SAMPLE, TINY, read_jsonl, torchrun
 
+pytestmark = pytest.mark.slow  # launches processes (torchrun / tools); `-m 'not slow'` skips them
+
 DRIVER = ROOT / "tests" / "training" / "layout_driver.py"
 TP2 = ["--tensor-model-parallel-size", "2"]
 PP2 = ["--pipeline-model-parallel-size", "2"]

@@ -9,6 +9,8 @@ import pytest
 
 from tests.helpers_dist import ROOT, SAMPLE, TINY, read_jsonl, torchrun
 
+pytestmark = pytest.mark.slow  # launches processes (torchrun / tools); `-m 'not slow'` skips them
+
 DRIVER = ROOT / "tests" / "training" / "layout_driver.py"
 LR = 1e-3
 

@@ -6,12 +6,15 @@ from __future__ import annotations
 import json
 import math
 
+import pytest
 import torch
 
 from megatron_redi.data.dataset import DataConfig, load_examples
 from megatron_redi.data.tokenize import TokenizeConfig
 from megatron_redi.model.config import ModelBuildConfig, Qwen2Shape
 from tests.helpers_dist import ROOT, SAMPLE, TINY, read_jsonl, torchrun
+
+pytestmark = pytest.mark.slow  # launches processes (torchrun / tools); `-m 'not slow'` skips them
 
 ARGS = ["--model-config", str(TINY), "--tokenizer-model", str(TINY), "--seq-length", "512", "--seed", "3",
         "--no-progress"]
