@@ -424,3 +424,19 @@ def _worker_logits(out_dir: str, tokens_path: str, specs: list[str]) -> None:
 if __name__ == "__main__":
     if sys.argv[1] == "logits":
         _worker_logits(sys.argv[2], sys.argv[3], sys.argv[4:])
+
+
+def test_export_warns_when_vocab_padding_rows_hold_weights(work, tmp_path):
+    """Exporting a 384-token checkpoint with a config that says 300 tokens: rows 300..383 would become
+    padding but hold trained weights, so the converter warns, naming the config; the true config
+    exports silently."""
+    cfg = json.loads((work["hf"]["untied"] / "config.json").read_text())
+    small = tmp_path / "small_vocab"
+    small.mkdir()
+    (small / "config.json").write_text(json.dumps({**cfg, "vocab_size": 300}))
+    p = _convert("mcore-to-hf", "--load", str(work["mcore"]["untied"]), "--output", str(tmp_path / "a"),
+                 "--model-config", str(small), "--tokenizer-model", str(TINY))
+    assert "warning: padding rows (>= vocab_size 300)" in p.stderr and str(small / "config.json") in p.stderr
+    p = _convert("mcore-to-hf", "--load", str(work["mcore"]["untied"]), "--output", str(tmp_path / "b"),
+                 "--tokenizer-model", str(TINY))
+    assert "warning" not in p.stderr

@@ -83,7 +83,9 @@ def _runs_by_world(data) -> dict[int, dict[str, list[str]]]:
     })
     four = {"redi_tp2_pp2": [*TP2, *PP2], "redi_tp2_cp2": [*TP2, *CP2, "--sequence-parallel"],
             "redi_ffd_tp2_pp2": [*FFD, *TP2, *PP2]}
-    return {1: one, 2: two, 4: four}
+    # the 7B recipe's layout: TP2 x CP2 x DP2 with SP and the distributed optimizer (8 ranks)
+    eight = {"redi_tp2_cp2_dp2": [*TP2, *CP2, "--sequence-parallel", "--use-distributed-optimizer"]}
+    return {1: one, 2: two, 4: four, 8: eight}
 
 
 @pytest.fixture(scope="module")
@@ -114,7 +116,7 @@ def _assert_same(ref, got, keys, name="", rtol=1e-5):
 PAIR_KEYS = ["loss", "grad_norm", "chosen_logp", "rejected_logp", "margin"]
 
 
-@pytest.mark.parametrize("layout", list(LAYOUTS) + ["tp2_pp2", "tp2_cp2"])
+@pytest.mark.parametrize("layout", list(LAYOUTS) + ["tp2_pp2", "tp2_cp2", "tp2_cp2_dp2"])
 def test_redi_every_layout_matches_single_process(runs, layout):
     got = runs[f"redi_{layout}"]
     _assert_same(runs["redi"], got, PAIR_KEYS, layout)
