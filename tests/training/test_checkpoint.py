@@ -33,7 +33,8 @@ def _common(data, iters=6):
 
 def test_resume_is_exact_with_and_without_distributed_optimizer(tmp_path, data):
     """Interrupted at iteration 3 and resumed: the loss curve equals the uninterrupted one bit for bit
-    (fp32, fp32 with the distributed optimizer, bf16 with fp32 master weights). Without the optimizer-step repair in platform.mcore_optimizer this diverges at iteration 5."""
+    (fp32, fp32 with the distributed optimizer, bf16 with fp32 master weights). Without the
+    optimizer-step repair in platform.mcore_optimizer this diverges at iteration 5."""
     specs = []
     tags = (("plain", ""), ("distopt", "--use-distributed-optimizer"), ("bf16", "--bf16,--use-distributed-optimizer"))
     for tag, opt in tags:
