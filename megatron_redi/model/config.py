@@ -10,6 +10,23 @@ import torch
 import torch.nn.functional as F
 
 
+def check_reproducible(cfg: dict, src: str) -> None:
+    """Refuse an HF config whose model this code would NOT compute exactly: the trainer, the scorer and
+    the converter all read configs through `Qwen2Shape.from_hf`, so they accept and refuse the same
+    ones (a scaled RoPE silently run as plain RoPE is a known failure kind). ValueError names the field."""
+    if cfg.get("use_sliding_window"):
+        raise ValueError(f"{src}: use_sliding_window is true; sliding-window attention is not implemented")
+    if cfg.get("hidden_act", "silu") != "silu":
+        raise ValueError(f"{src}: hidden_act is {cfg['hidden_act']!r}, Qwen2 uses 'silu'")
+    scaling = cfg.get("rope_scaling") or cfg.get("rope_parameters") or {}
+    rope_type = scaling.get("rope_type") or scaling.get("type") or "default"
+    if rope_type != "default":
+        raise ValueError(f"{src}: RoPE type {rope_type!r} (rope_scaling) is not supported (only plain RoPE)")
+    if cfg.get("attention_dropout", 0.0):
+        raise ValueError(f"{src}: attention_dropout is {cfg['attention_dropout']}; training runs without "
+                         f"dropout (set it to 0.0)")
+
+
 @dataclass
 class Qwen2Shape:
     """The architecture facts we need from an HF Qwen2 config."""
@@ -29,9 +46,11 @@ class Qwen2Shape:
 
     @classmethod
     def from_hf(cls, path_or_dict: str | Path | dict, *, rope_theta: float | None = None,
-                max_position_embeddings: int | None = None) -> Qwen2Shape:
+                max_position_embeddings: int | None = None, source: str | None = None) -> Qwen2Shape:
+        """The shape of an HF Qwen2 config (a folder, its config.json, or the dict with `source` naming
+        where it came from). ValueError names the file and field when this code would not reproduce it."""
         if isinstance(path_or_dict, dict):
-            cfg, src = path_or_dict, "<dict>"
+            cfg, src = path_or_dict, source or "<dict>"
         else:
             p = Path(path_or_dict)
             if p.is_dir():
@@ -48,6 +67,7 @@ class Qwen2Shape:
                                "num_attention_heads") if k not in cfg]
         if missing:
             raise ValueError(f"{src}: missing keys {missing}")
+        check_reproducible(cfg, src)
         rope = cfg.get("rope_theta")
         if rope is None:
             rope = (cfg.get("rope_parameters") or {}).get("rope_theta", 10000.0)

@@ -10,7 +10,7 @@ import torch
 from megatron_redi.model.config import ModelBuildConfig, Qwen2Shape, transformer_config
 from megatron_redi.platform.gpu_features import check_fp8_request
 from megatron_redi.training.arguments import parse_args
-from tests.helpers_dist import ROOT, TINY, torchrun
+from tests.helpers_dist import ROOT, SAMPLE, TINY, torchrun
 
 
 def test_qwen2_fields_and_overrides():
@@ -65,3 +65,37 @@ def test_cu_seqlens_for_thd():
     mb = pack([Example([1, 2, 3], [[4, 5], [6]]), Example([7], [[8, 9, 10]])], pad_to_multiple=8)
     # documents of 5, 4 and 4 tokens, then 3 padding tokens as a last segment
     assert cu_seqlens_from_segments(mb.segment_ids).tolist() == [0, 5, 9, 13, 16]
+
+
+BAD_CONFIGS = [
+    ({"rope_scaling": {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32768}},
+     "RoPE type 'yarn'"),
+    ({"use_sliding_window": True, "sliding_window": 4096}, "use_sliding_window is true"),
+    ({"hidden_act": "gelu"}, "hidden_act is 'gelu'"),
+]
+
+
+@pytest.mark.parametrize("extra,match", BAD_CONFIGS)
+def test_configs_this_code_would_not_reproduce_are_refused(tmp_path, extra, match):
+    cfg = json.loads((TINY / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**cfg, **extra}))
+    with pytest.raises(ValueError, match=match):
+        Qwen2Shape.from_hf(tmp_path)
+
+
+def test_trainer_scorer_and_converter_refuse_the_same_config(tmp_path):
+    """One reader: a YaRN config is refused by all three tools, before any work, with one message."""
+    cfg = json.loads((TINY / "config.json").read_text())
+    model = tmp_path / "yarn"
+    model.mkdir()
+    (model / "config.json").write_text(json.dumps({**cfg, **BAD_CONFIGS[0][0]}))
+    common = ["--model-config", str(model), "--tokenizer-model", str(TINY), "--data-path",
+              str(SAMPLE / "pairs.jsonl"), "--no-progress"]
+    runs = {"trainer": (ROOT / "pretrain_redi.py", [*common, "--train-iters", "1"]),
+            "scorer": (ROOT / "tools" / "score_reference.py", [*common, "--output", str(tmp_path / "o.jsonl")]),
+            "converter": (ROOT / "tools" / "convert_checkpoint.py",
+                          ["hf-to-mcore", "--hf-dir", str(model), "--output", str(tmp_path / "m"), "--no-progress"])}
+    for name, (script, args) in runs.items():
+        p = torchrun(script, args, nproc=1, check=False)
+        assert p.returncode == 2, (name, p.stderr[-2000:])
+        assert f"{model / 'config.json'}: RoPE type 'yarn'" in p.stderr, (name, p.stderr[-2000:])
