@@ -30,6 +30,6 @@ setup(
         # GPU-only: never installed on CPU machines (TE metapackage breaks `import megatron.core`,
         # vLLM pins a CUDA torch). NVIDIA apex is not on PyPI; build it from source on GPU hosts.
         "gpu": ["transformer-engine[pytorch]>=2.4", "vllm>=0.8"],
-        "dev": ["pytest", "pytest-xdist", "ruff"],
+        "dev": ["pytest", "pytest-xdist", "ruff", "trl==1.16.0", "dashscope==2.0.2"],
     },
 )

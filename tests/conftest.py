@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 
 import pytest
 
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Tests never read or fill the user's tokenisation cache (~/.cache/megatron_redi/data): each test process
+# gets its own, inherited by the subprocesses it starts (tests/helpers_dist.env copies os.environ).
+os.environ["REDI_CACHE_DIR"] = tempfile.mkdtemp(prefix="redi-test-cache-")
+atexit.register(shutil.rmtree, os.environ["REDI_CACHE_DIR"], True)
 
 
 @pytest.fixture(scope="session")

@@ -142,17 +142,24 @@ def config_from_args(args: argparse.Namespace):
 
 
 def main(argv: list[str] | None = None) -> int:
+    """0: rows written; 2: --strict stopped at a malformed row; 3: nothing written (the reasons on stderr)."""
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     from megatron_redi.data.errors import DataError
     from megatron_redi.prep.builder import build
+    from megatron_redi.prep.report import nothing_written, summary_lines
 
     args = parse_args(argv)
     try:
-        build(config_from_args(args))
+        report = build(config_from_args(args))
     except DataError as e:  # --strict: the first malformed row, named by file and row
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print((Path(args.output_dir) / "report.md").read_text())
+    print("\n".join(summary_lines(report)))
+    print(f"wrote {Path(args.output_dir) / 'sft.jsonl'}, pairs.jsonl, report.json, report.md")
+    empty = nothing_written(report)
+    if empty:
+        print(f"error: {empty}", file=sys.stderr)
+        return 3
     return 0
 
 

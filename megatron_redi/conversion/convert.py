@@ -46,6 +46,7 @@ from megatron_redi.conversion.hf_mapping import (
 )
 from megatron_redi.model.config import Qwen2Shape
 from megatron_redi.model.unwrap import unwrap_model
+from megatron_redi.model.vocab import check_vocab_fits
 
 CONVERSION_META = "redi_conversion.json"
 INDEX = "model.safetensors.index.json"
@@ -412,6 +413,17 @@ def _asset_sources(ckpt: Path, root: Path, tokenizer_model: str | Path | None) -
     return [ckpt / ASSETS_DIR, root / ASSETS_DIR, *_conversion_sources(ckpt, root)]
 
 
+def _check_tokenizer(sources: list[Path], shape: Qwen2Shape) -> None:
+    """The tokenizer that will ship with the export must fit the exported embedding."""
+    for src in sources:
+        if any((src / n).is_file() for n in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")):
+            try:
+                check_vocab_fits(src, shape, flag="tokenizer")
+            except ValueError as e:
+                raise ConversionError(str(e)) from None
+            return
+
+
 def _check_against_checkpoint(meta: dict, shape: Qwen2Shape, cfg_src: str, ckpt: Path) -> dict[str, str]:
     """Match the tensors a model with this config has against the checkpoint's metadata; returns
     {canonical key: key in the checkpoint}. Raises naming the config field that disagrees."""
@@ -518,6 +530,7 @@ def mcore_to_hf(load: str | Path, output: str | Path, *, model_config: str | Pat
     shape = shape_from_config(cfg, cfg_src)
     d = Dims.from_shape(shape)
     sources = _asset_sources(ckpt, root, tokenizer_model)
+    _check_tokenizer(sources, shape)
     max_bytes = _parse_size(max_shard_size)
     from megatron.core import dist_checkpointing
     from safetensors.torch import save_file

@@ -2,7 +2,12 @@
 
 Tokenisation runs in worker processes in batches (the Rust tokenizer does the heavy lifting) and is
 cached on disk under a key made of the data files' content hash, the tokenizer files, the chat
-template and every length setting, so a changed input or setting never reuses a stale cache.
+template, every tokenisation setting and the source of the modules that make the tokens (`CODE_FILES`), so a
+changed input, setting or tokenisation code never reuses a stale cache.
+
+A cache entry is written into `<key>.<host>-<pid>-<rand>.tmp` and renamed into place; a failed run removes its
+folder, and a later run removes those of dead processes (or older than a day), so nothing half-written is ever
+stepped around. Two runs building the same entry at once both succeed (the second rename loses and is dropped).
 """
 
 from __future__ import annotations
@@ -10,8 +15,12 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import shutil
+import socket
+import sys
+import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from itertools import islice
 from pathlib import Path
 
@@ -21,10 +30,14 @@ from tqdm import tqdm
 from megatron_redi.data.batch import Example, MicroBatch, pack
 from megatron_redi.data.errors import DataError
 from megatron_redi.data.indexed import TokenizedDataset, TokenizedWriter
-from megatron_redi.data.schema import iter_rows, parse_pair_row, parse_sft_row
+from megatron_redi.data.schema import iter_rows, parse_pair_row, parse_sft_units
 from megatron_redi.data.tokenize import ChatEncoder, TokenizeConfig, load_tokenizer
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2
+# The modules whose code decides the tokens of a cache entry; their source is part of the cache key.
+CODE_FILES = ("dataset.py", "tokenize.py", "schema.py", "readers.py", "chat_template.py", "indexed.py", "errors.py")
+STALE_TMP_SECONDS = 24 * 3600
+EXAMPLE_ROWS = 5  # rows named in a warning
 
 
 @dataclass
@@ -52,11 +65,22 @@ def _hash_path(h, p: Path) -> None:
                 h.update(block)
 
 
-def cache_key(cfg: DataConfig) -> str:
-    """Content of every data file, the tokenizer files (template included) and all settings."""
+def code_hash() -> str:
+    """Hash of the source of the modules that turn rows into tokens (`CODE_FILES`)."""
     h = hashlib.blake2b(digest_size=16)
-    h.update(repr((CACHE_FORMAT, cfg.paired, cfg.need_reference, cfg.tokenize.max_prompt_length,
-                   cfg.tokenize.seq_length, cfg.tokenize.system_prompt)).encode())
+    here = Path(__file__).resolve().parent
+    for name in CODE_FILES:
+        h.update(name.encode())
+        h.update((here / name).read_bytes())
+    return h.hexdigest()
+
+
+def cache_key(cfg: DataConfig) -> str:
+    """Content of every data file, the tokenizer files (template included), all tokenisation settings and
+    the tokenisation code."""
+    h = hashlib.blake2b(digest_size=16)
+    h.update(repr((CACHE_FORMAT, code_hash(), cfg.paired, cfg.need_reference,
+                   sorted(asdict(cfg.tokenize).items()))).encode())
     for p in cfg.data_path:
         if not Path(p).exists():
             raise FileNotFoundError(f"--data-path: {p} does not exist")
@@ -90,40 +114,58 @@ def _batch_ids(tok, texts: list[str]) -> list[list[int]]:
     return tok(texts, add_special_tokens=False)["input_ids"]
 
 
+def _new_stats() -> dict:
+    return {"prompts_truncated": 0, "sequences_truncated": 0, "skipped_too_long": 0,
+            "skipped_identical_pairs": 0, "too_long_rows": [], "identical_pair_rows": []}
+
+
+def _count(stats: dict, key: str, rows_key: str, where: str) -> None:
+    stats[key] += 1
+    if len(stats[rows_key]) < EXAMPLE_ROWS:
+        stats[rows_key].append(where)
+
+
 def _encode_chunk(rows: list[tuple[dict, str]]):
     """Parse and tokenise a chunk of rows in one batched tokenizer call. Returns units and stats, or
     the first DataError's message (raised by the parent so it names the file and row)."""
     enc, cfg = _ENC, _CFG
     assert enc is not None and cfg is not None
+    stats = _new_stats()
     parsed, texts = [], []
     try:
         for row, where in rows:
             try:
                 if cfg.paired:
                     r = parse_pair_row(row, where, cfg.need_reference)
-                    prompt, comps = r["prompt"], [r["chosen"], r["rejected"]]
+                    units = [(r["prompt"], [r["chosen"], r["rejected"]])]
                     refs = (r["ref_chosen_logp"], r["ref_rejected_logp"]) if "ref_chosen_logp" in r else None
                 else:
-                    prompt, c = parse_sft_row(row, where)
-                    comps, refs = [c], None
-                p_text, c_texts = enc.texts(prompt, comps)
+                    units = [(p, [c]) for p, c in parse_sft_units(row, where, cfg.tokenize.all_assistant_turns)]
+                    refs = None
+                for prompt, comps in units:
+                    p_text, c_texts = enc.texts(prompt, comps)
+                    if cfg.paired and c_texts[0] == c_texts[1] and not cfg.tokenize.keep_identical_pairs:
+                        _count(stats, "skipped_identical_pairs", "identical_pair_rows", where)
+                        continue
+                    parsed.append((len(texts), len(c_texts), refs, where))
+                    texts += [p_text, *c_texts]
             except DataError as e:
                 msg = str(e)
                 return ("error", msg if msg.startswith(where) else f"{where}: {msg}")
-            parsed.append((len(texts), len(c_texts), refs))
-            texts += [p_text, *c_texts]
         ids = _batch_ids(enc.tok, texts) if texts else []
         out = []
         eos = enc.tok.eos_token_id
         before = (enc.stats.prompts_truncated, enc.stats.sequences_truncated)
-        for start, n_comp, refs in parsed:
+        for start, n_comp, refs, where in parsed:
             prompt = enc.truncate_prompt(ids[start])
             fitted = [enc.fit(prompt, ids[start + 1 + j] + [eos]) for j in range(n_comp)]
-            keep = min(len(p) for p, _ in fitted)  # one shared prompt per pair
+            if any(c is None for c in fitted):  # a pair is skipped whole: one side alone is no pair
+                _count(stats, "skipped_too_long", "too_long_rows", where)
+                continue
             # int32 arrays: pickling them back to the parent is ~50x cheaper than lists of ints
-            out.append((np.asarray(prompt[len(prompt) - keep:], dtype=np.int32),
-                        [np.asarray(c, dtype=np.int32) for _, c in fitted], refs))
-        stats = (enc.stats.prompts_truncated - before[0], enc.stats.sequences_truncated - before[1])
+            out.append((np.asarray(prompt, dtype=np.int32), [np.asarray(c, dtype=np.int32) for c in fitted], refs))
+        stats["prompts_truncated"] = enc.stats.prompts_truncated - before[0]
+        stats["sequences_truncated"] = enc.stats.sequences_truncated - before[1]
         return ("ok", out, stats)
     except DataError as e:
         return ("error", str(e))
@@ -140,23 +182,60 @@ def _chunks(cfg: DataConfig):
             yield chunk
 
 
+def _tmp_name(target: Path) -> Path:
+    return target.with_name(f"{target.name}.{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_tmp(cache_dir: Path) -> list[Path]:
+    """Remove the `.tmp` folders of tokenisation runs that are gone: a dead process on this host, or any
+    older than a day. Returns what was removed."""
+    removed = []
+    host = socket.gethostname()
+    for d in cache_dir.glob("*.tmp"):
+        try:
+            owner, pid = d.name[:-4].split(".", 1)[1].rsplit("-", 2)[:2]
+            dead = owner == host and not _alive(int(pid))
+        except (IndexError, ValueError):
+            dead = False
+        try:
+            old = time.time() - d.stat().st_mtime > STALE_TMP_SECONDS
+        except OSError:
+            continue
+        if dead or old:
+            shutil.rmtree(d, ignore_errors=True)
+            removed.append(d)
+    return removed
+
+
 def tokenize_to_cache(cfg: DataConfig, target: Path, progress: bool = True) -> TokenizedDataset:
-    """Tokenise every row into `target` (atomically). Raises DataError naming the file and row."""
+    """Tokenise every row into `target` (atomically). Raises DataError naming the file and row; on any
+    failure (or KeyboardInterrupt) its temporary folder is removed."""
     workers = cfg.workers or min(os.cpu_count() or 1, 8)
-    writer = TokenizedWriter(target.with_name(f"{target.name}.{uuid.uuid4().hex[:8]}"), cfg.need_reference)
-    stats = {"examples": 0, "tokens": 0, "prompts_truncated": 0, "sequences_truncated": 0}
+    tmp = _tmp_name(target)
+    writer = TokenizedWriter(tmp, cfg.need_reference)
+    stats = {"examples": 0, "tokens": 0, **_new_stats()}
     bar = tqdm(desc="tokenize", unit="rows", disable=not progress, leave=False)
 
     def consume(result):
         if result[0] == "error":
             raise DataError(result[1])
-        _, units, (pt, st) = result
+        _, units, st = result
         for prompt, comps, refs in units:
             writer.add(prompt, comps, refs)
             stats["examples"] += 1
             stats["tokens"] += sum(len(prompt) + len(c) for c in comps)
-        stats["prompts_truncated"] += pt
-        stats["sequences_truncated"] += st
+        for k, v in st.items():
+            stats[k] = stats[k] + v if isinstance(v, int) else (stats[k] + v)[:EXAMPLE_ROWS]
         bar.update(len(units))
 
     try:
@@ -171,16 +250,32 @@ def tokenize_to_cache(cfg: DataConfig, target: Path, progress: bool = True) -> T
             with mp.get_context("spawn").Pool(workers, initializer=_init_worker, initargs=(cfg,)) as pool:
                 for result in pool.imap(_encode_chunk, _chunks(cfg)):
                     consume(result)
+        writer.close(stats)
+        try:
+            os.replace(tmp, target)
+        except OSError:  # another run finished the same entry first: keep theirs
+            if not (target / "stats.json").is_file():
+                raise
+    except BaseException:
+        writer.abort()
+        raise
     finally:
         bar.close()
-    ds = writer.close(stats)
-    try:
-        os.replace(ds.path, target)  # another process may have won the race: keep theirs
-    except OSError:
-        import shutil
-
-        shutil.rmtree(ds.path, ignore_errors=True)
+        shutil.rmtree(tmp, ignore_errors=True)
     return TokenizedDataset(target)
+
+
+def skip_warnings(stats: dict, seq_length: int) -> list[str]:
+    """One line per kind of skipped example, with the count, the first rows and the flag that keeps them."""
+    out = []
+    if stats.get("skipped_too_long"):
+        out.append(f"skipped {stats['skipped_too_long']} examples longer than --seq-length {seq_length} (first: "
+                   f"{'; '.join(stats['too_long_rows'])}); raise --seq-length, bound prompts with "
+                   f"--max-prompt-length, or pass --truncate-long-examples")
+    if stats.get("skipped_identical_pairs"):
+        out.append(f"skipped {stats['skipped_identical_pairs']} pairs whose chosen equals rejected (first: "
+                   f"{'; '.join(stats['identical_pair_rows'])}); pass --keep-identical-pairs to train on them")
+    return out
 
 
 def build_dataset(cfg: DataConfig, progress: bool = True) -> TokenizedDataset:
@@ -197,6 +292,7 @@ def build_dataset(cfg: DataConfig, progress: bool = True) -> TokenizedDataset:
     error, hit = None, (target / "stats.json").is_file()
     if builder and not hit:
         target.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_tmp(target.parent)
         try:
             tokenize_to_cache(cfg, target, progress)
         except (DataError, ValueError, OSError) as e:
@@ -210,12 +306,20 @@ def build_dataset(cfg: DataConfig, progress: bool = True) -> TokenizedDataset:
     ds = TokenizedDataset(target)
     ds.stats["cache"] = "hit" if hit else "built"
     ds.stats["cache_path"] = str(target)
+    warnings = skip_warnings(ds.stats, cfg.tokenize.seq_length)
+    if not distributed or dist.get_rank() == 0:
+        for w in warnings:
+            print(f"[megatron-redi] warning: {w}", file=sys.stderr, flush=True)
+    if len(ds) == 0:
+        raise DataError(f"--data-path {' '.join(map(str, cfg.data_path))}: no example is left to train on"
+                        + (": " + "; ".join(warnings) if warnings else " (the files hold no rows)"))
     return ds
 
 
 def load_examples(cfg: DataConfig, progress: bool = True) -> tuple[TokenizedDataset, dict]:
+    """The dataset and its counts (examples, tokens, truncations, skips; the row lists are left out)."""
     ds = build_dataset(cfg, progress)
-    return ds, dict(ds.stats)
+    return ds, {k: v for k, v in ds.stats.items() if not isinstance(v, list)}
 
 
 def pad_multiple(tp: int, cp: int, sequence_parallel: bool) -> int:

@@ -24,6 +24,7 @@ class DataError(ValueError):
     @classmethod
     def at(cls, path: str, row: int, reason: str, line: int | None = None) -> DataError:
         """``malformed input row: FILE: row N (line L): REASON`` with the parts as attributes (the builder's
-        form: ``row`` counts rows from 0, ``line`` is the 1-based line of a JSON-lines file)."""
+        form: ``row`` counts the rows of the file from 1, like the trainer's; ``line`` is the 1-based line of a
+        JSON-lines file, which differs from the row when the file has blank lines)."""
         where = f"row {row}" + (f" (line {line})" if line is not None else "")
         return cls(f"malformed input row: {path}: {where}: {reason}", path=path, row=row, reason=reason, line=line)

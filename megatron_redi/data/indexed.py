@@ -63,15 +63,10 @@ class TokenizedDataset:
 
 
 class TokenizedWriter:
-    """Streams units into a cache folder; `close()` makes the folder appear atomically."""
+    """Streams units into a fresh folder (the caller renames it into place, see `data.dataset`)."""
 
-    def __init__(self, final: str | Path, with_refs: bool):
-        self.final = Path(final)
-        self.tmp = self.final.with_name(self.final.name + ".tmp")
-        if self.tmp.exists():
-            import shutil
-
-            shutil.rmtree(self.tmp)
+    def __init__(self, folder: str | Path, with_refs: bool):
+        self.tmp = Path(folder)
         self.tmp.mkdir(parents=True)
         self.f = open(self.tmp / "tokens.bin", "wb")
         self.pos = 0
@@ -93,17 +88,13 @@ class TokenizedWriter:
         if self.refs is not None:
             self.refs.append(refs)
 
-    def close(self, stats: dict) -> TokenizedDataset:
-        import os
-
+    def close(self, stats: dict) -> None:
+        """Write the index and stats; `stats.json` comes last, so its presence marks a complete entry."""
         self.f.close()
         np.save(self.tmp / "units.npy", np.asarray(self.units, dtype=np.int64).reshape(-1, 6))
         if self.refs is not None:
             np.save(self.tmp / "refs.npy", np.asarray(self.refs, dtype=np.float64).reshape(-1, 2))
         (self.tmp / "stats.json").write_text(json.dumps(stats, indent=1))
-        if self.final.exists():
-            import shutil
 
-            shutil.rmtree(self.final)
-        os.replace(self.tmp, self.final)
-        return TokenizedDataset(self.final)
+    def abort(self) -> None:
+        self.f.close()

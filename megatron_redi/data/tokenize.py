@@ -2,7 +2,16 @@
 
 prompt     = template(system + user turns, add_generation_prompt=True)   (ends "<|im_start|>assistant\\n")
 completion = template(full)[len(prompt):] + EOS                        ("{generation}<|im_end|>\\n" + EOS)
-Prompt and completion are tokenised separately, as TRL does, so the boundary is exact.
+Prompt and completion are tokenised separately, so the boundary is exact.
+
+Length policy (`fit`), after `--max-prompt-length` has cut long prompts (keeping their end: the question
+sits last):
+  - an example (an SFT sequence, or either side of a pair) whose prompt + completion exceeds `--seq-length`
+    is skipped by default and counted (`skipped_too_long`): the paper filters such pairs out before training;
+  - with `--truncate-long-examples`, each completion instead keeps its first tokens (TRL's `keep_start`: every
+    kept token still sees the exact text before it; the EOS is lost) and the prompt is never shortened to
+    fit (its minimum is the whole prompt); an example whose prompt leaves fewer than
+    `--min-completion-tokens` tokens of room is still skipped.
 """
 
 from __future__ import annotations
@@ -18,6 +27,10 @@ class TokenizeConfig:
     max_prompt_length: int | None = None
     seq_length: int = 4096
     system_prompt: str | None = None
+    truncate_long_examples: bool = False  # False: skip what does not fit --seq-length
+    min_completion_tokens: int = 1  # with truncation: skip when less room than this is left after the prompt
+    keep_identical_pairs: bool = False  # False: skip pairs whose chosen equals rejected after templating
+    all_assistant_turns: bool = False  # SFT `messages`: one unit per assistant turn (else the last only)
 
 
 @dataclass
@@ -45,6 +58,29 @@ def load_tokenizer(path: str | Path):
     return tok
 
 
+def prefix_error(prompt_text: str, full_text: str, messages: list[Message]) -> DataError:
+    """Why the rendered prompt is not a prefix of the rendered conversation: where they first differ and
+    the likely causes."""
+    i = next((k for k, (a, b) in enumerate(zip(prompt_text, full_text)) if a != b),
+             min(len(prompt_text), len(full_text)))
+    lo = max(i - 30, 0)
+    roles = sorted({m["role"] for m in messages})
+    contents = [m["content"] for m in messages]
+    dup = any(contents[k] == contents[k + 2] for k in range(len(contents) - 2)) or \
+        any(contents[k] == contents[k + 1] for k in range(len(contents) - 1))
+    causes = [f"a role the template does not render like the others (roles here: {roles})",
+              "a template that rewrites earlier turns once a reply follows (e.g. drops reasoning or the system "
+              "prompt)"]
+    if dup:
+        causes.insert(0, "a duplicated prompt (the same text appears twice in the conversation: was the prompt "
+                         "given in 'prompt' AND inside the conversation?)")
+    return DataError(
+        "the chat template does not render the prompt as a prefix of the full conversation, so the completion "
+        f"boundary cannot be found; they first differ at character {i}: prompt renders "
+        f"{prompt_text[lo:i + 30]!r}, the conversation renders {full_text[lo:i + 30]!r}. Likely cause: "
+        + "; or ".join(causes))
+
+
 class ChatEncoder:
     """Encodes (prompt messages, completion messages) into token ids with truncation accounting."""
 
@@ -67,8 +103,7 @@ class ChatEncoder:
         for completion in completions:
             full = self.tok.apply_chat_template(prompt + completion, tokenize=False)
             if not full.startswith(p_text):
-                raise DataError("the chat template does not render the prompt as a prefix of the full "
-                                "conversation; cannot locate the completion boundary")
+                raise prefix_error(p_text, full, prompt + completion)
             c_texts.append(full[len(p_text):])
         return p_text, c_texts
 
@@ -87,14 +122,13 @@ class ChatEncoder:
         _, (c_text,) = self.texts(prompt, [completion])
         return self.tok(c_text, add_special_tokens=False)["input_ids"] + [self.tok.eos_token_id]
 
-    def fit(self, prompt_ids: list[int], completion_ids: list[int]) -> tuple[list[int], list[int]]:
-        """Keep-end truncation of prompt + completion to --seq-length (counted, never silent)."""
-        over = len(prompt_ids) + len(completion_ids) - self.cfg.seq_length
-        if over > 0:
-            self.stats.sequences_truncated += 1
-            cut_prompt = min(over, max(len(prompt_ids) - 1, 0))
-            prompt_ids = prompt_ids[cut_prompt:]
-            over -= cut_prompt
-            if over > 0:
-                completion_ids = completion_ids[over:]
-        return prompt_ids, completion_ids
+    def fit(self, prompt_ids: list[int], completion_ids: list[int]) -> list[int] | None:
+        """The completion ids that fit --seq-length after the prompt, or None to skip the example (see the
+        module's length policy). The prompt is never shortened here."""
+        room = self.cfg.seq_length - len(prompt_ids)
+        if len(completion_ids) <= room:
+            return completion_ids
+        if not self.cfg.truncate_long_examples or room < max(self.cfg.min_completion_tokens, 1):
+            return None
+        self.stats.sequences_truncated += 1
+        return completion_ids[:room]  # keep_start

@@ -26,6 +26,7 @@ class ParallelConfig:
     context_parallel_size: int = 1
     sequence_parallel: bool = False
     use_distributed_optimizer: bool = False
+    distributed_timeout_minutes: float = 10.0  # every collective; a frozen or lost peer ends the run
 
     def validate(self, world_size: int) -> int:
         """Return the data-parallel size or raise naming the offending flag."""
@@ -46,6 +47,8 @@ class ParallelConfig:
             )
         if self.sequence_parallel and self.tensor_model_parallel_size == 1:
             raise ValueError("--sequence-parallel needs --tensor-model-parallel-size > 1")
+        if self.distributed_timeout_minutes <= 0:
+            raise ValueError(f"--distributed-timeout-minutes must be > 0, got {self.distributed_timeout_minutes}")
         return world_size // mp
 
 
@@ -55,7 +58,7 @@ def device() -> torch.device:
     return torch.device("cpu")
 
 
-def init_distributed(timeout_minutes: int = 10) -> None:
+def init_distributed(timeout_minutes: float = 10.0) -> None:
     """Initialise torch.distributed from torchrun's environment (or as a single process)."""
     apply_cpu_patches()
     if dist.is_initialized():
@@ -81,6 +84,7 @@ def init_model_parallel(cfg: ParallelConfig) -> int:
             tensor_model_parallel_size=cfg.tensor_model_parallel_size,
             pipeline_model_parallel_size=cfg.pipeline_model_parallel_size,
             context_parallel_size=cfg.context_parallel_size,
+            distributed_timeout_minutes=cfg.distributed_timeout_minutes,
         )
     return dp
 

@@ -77,11 +77,17 @@ class _Builder:
     # -- per-row rules --------------------------------------------------------------------------------
     def _malformed(self, raw: RawRow, reason: str) -> None:
         if self.cfg.strict:
-            raise DataError.at(raw.path, raw.row, reason, raw.line)
+            raise DataError.at(raw.path, raw.row + 1, reason, raw.line)
         key = reason.split(" ")[0]
         self.state.malformed[key] += 1
         if len(self.state.malformed_examples) < 50:
-            self.state.malformed_examples.append({"file": raw.path, "row": raw.row, "line": raw.line, "reason": reason})
+            self.state.malformed_examples.append(
+                {"file": raw.path, "row": raw.row + 1, "line": raw.line, "reason": reason}
+            )
+        if self.state.malformed_keys is None and isinstance(raw.data, dict) and reason.startswith(
+            ("missing_field", "wrong_type")
+        ):
+            self.state.malformed_keys = sorted(raw.data)
 
     def _row_rules(self, raw: RawRow) -> _Candidate | None:
         cfg, remaining = self.cfg, self.state.remaining

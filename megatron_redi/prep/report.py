@@ -44,6 +44,7 @@ class BuildState:
     remaining: Counter = field(default_factory=Counter)
     malformed: Counter = field(default_factory=Counter)
     malformed_examples: list = field(default_factory=list)
+    malformed_keys: list | None = None  # the fields of the first row refused for a missing or mistyped field
     labels: Counter = field(default_factory=Counter)
     reverify: Counter = field(default_factory=Counter)
     length_dropped: Counter = field(default_factory=Counter)
@@ -104,6 +105,7 @@ def make_report(
             "total": sum(st.malformed.values()),
             "by_reason": dict(sorted(st.malformed.items())),
             "examples": st.malformed_examples,
+            "first_row_keys": st.malformed_keys,
         },
         "labels": {
             "rule": "regraded" if not cfg.uses_stored_labels else cfg.correct_rule,
@@ -146,6 +148,65 @@ def make_report(
             "rows_per_s": round(rows / elapsed, 1) if elapsed else None,
         },
     }
+
+
+EXPECTED_FIELDS = (
+    "problem (str), generations (list of str), correctness.llama_verification and "
+    "correctness.math_verify_reparsed_answer (lists of true/false/null, one per generation, nested under "
+    "'correctness'), problem_is_valid (str), source (str), uuid (str); answer (str) with --reverify"
+)
+
+
+def schema_hint(keys: Sequence[str] | None) -> str | None:
+    """What a refused row's fields suggest, and the fields the builder expected (docs/DATA.md)."""
+    if keys is None:
+        return None
+    found = set(keys)
+    if found & {"prompt", "chosen", "rejected", "messages", "completion"}:
+        guess = ("these look like training rows already (TRL layout): give them to the trainer's --data-path, "
+                 "not to the builder")
+    elif found & {"llama_verification", "math_verify_reparsed_answer"}:
+        guess = "the label lists are at the top level: nest them under 'correctness'"
+    elif "generation" in found or "response" in found:
+        guess = "one generation per row: the builder wants all generations of a problem in one 'generations' list"
+    else:
+        guess = "the rows are not in the OpenR1-Math-Raw schema"
+    return f"{guess}. Found fields {sorted(found)}; expected {EXPECTED_FIELDS} (see docs/DATA.md)"
+
+
+def summary_lines(report: dict) -> list[str]:
+    """The console summary: rows left after each rule, the outputs, malformed rows by reason."""
+    out = [f"{'step':<28}{'remaining':>12}{'dropped':>10}"]
+    for c in report["counts"]:
+        if c["applied"]:
+            out.append(f"{c['step']:<28}{c['remaining']:>12,}{c['dropped']:>10,}")
+    out.append(f"sft rows {report['sft_rows']:,} | pairs {report['pair_rows']:,} "
+               f"(paper: {report['paper']['sft']:,} / {report['paper']['pairs']:,})")
+    mal = report["malformed"]
+    if mal["total"]:
+        out.append(f"malformed rows skipped: {mal['total']:,} ("
+                   + ", ".join(f"{k} {v:,}" for k, v in sorted(mal["by_reason"].items(), key=lambda kv: -kv[1]))
+                   + ")")
+        first = mal["examples"][0]
+        out.append(f"  first: {first['file']}: row {first['row']}: {first['reason']}")
+    return out
+
+
+def nothing_written(report: dict) -> str | None:
+    """Why a build wrote no row at all (the top reasons, a schema hint), or None when it wrote some."""
+    if report["sft_rows"] or report["pair_rows"]:
+        return None
+    drops = sorted(((c["dropped"], c["step"], c["rule"]) for c in report["counts"] if c["dropped"]), reverse=True)
+    mal = report["malformed"]["by_reason"]
+    reasons = [f"{n:,} rows malformed: {k}" for k, n in sorted(mal.items(), key=lambda kv: -kv[1])[:3]]
+    reasons += [f"{n:,} dropped at {step} ({rule})" for n, step, rule in drops if step != "well_formed"][:3]
+    msg = "nothing written: sft.jsonl and pairs.jsonl are empty"
+    if not report["counts"][0]["remaining"]:
+        msg += "; the input holds no rows"
+    elif reasons:
+        msg += "; top reasons: " + "; ".join(reasons)
+    hint = schema_hint(report["malformed"].get("first_row_keys"))
+    return msg + (f"\nhint: {hint}" if hint else "")
 
 
 def render_markdown(report: dict) -> str:

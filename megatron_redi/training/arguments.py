@@ -58,6 +58,15 @@ def add_data_args(p: argparse.ArgumentParser, *, global_batch: bool = True) -> N
     g.add_argument("--seq-length", type=int, default=4096)
     g.add_argument("--max-prompt-length", type=int, default=None)
     g.add_argument("--system-prompt", default=None)
+    g.add_argument("--truncate-long-examples", action="store_true",
+                   help="cut completions that do not fit --seq-length (keeping their start; the prompt is never "
+                        "cut to fit) instead of skipping the example (default: skip, counted in the log)")
+    g.add_argument("--min-completion-tokens", type=int, default=1,
+                   help="with --truncate-long-examples: skip an example whose prompt leaves less room than this")
+    g.add_argument("--keep-identical-pairs", action="store_true",
+                   help="train on pairs whose chosen equals rejected (default: skip them, counted in the log)")
+    g.add_argument("--train-on-all-assistant-turns", action="store_true",
+                   help="SFT 'messages' rows: one example per assistant turn (default: the last turn only)")
     g.add_argument("--data-cache-dir", default=None,
                    help="tokenisation cache (default $REDI_CACHE_DIR or ~/.cache/megatron_redi/data)")
     g.add_argument("--tokenizer-workers", type=int, default=0, help="tokenisation processes (0 = auto)")
@@ -80,6 +89,8 @@ def add_parallel_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--context-parallel-size", type=int, default=1)
     g.add_argument("--sequence-parallel", action="store_true")
     g.add_argument("--use-distributed-optimizer", action="store_true")
+    g.add_argument("--distributed-timeout-minutes", type=float, default=10.0,
+                   help="timeout of every collective: a rank whose peer froze or died exits after this long")
 
 
 def build_parser() -> argparse.ArgumentParser:

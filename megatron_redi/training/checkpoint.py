@@ -104,12 +104,63 @@ def _sharded_state(model, optimizer, parallel: ParallelConfig, is_loading: bool)
     return sd
 
 
+LOCK = ".redi_save.lock"
+
+
+def lock_save_folder(root: str | Path):
+    """Hold an exclusive lock on a --save folder for the life of the run, so two runs never prune or
+    replace each other's checkpoints. Rank 0 takes it (an OS file lock: released when the process ends,
+    however it ends); every rank raises, naming the holder, when another run has it. Returns the handle
+    to keep open (close it to release); None off rank 0."""
+    import fcntl
+    import socket
+    import time
+
+    handle, holder = None, None
+    if dist.get_rank() == 0:
+        root = Path(root)
+        root.mkdir(parents=True, exist_ok=True)
+        handle = open(root / LOCK, "a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            handle.close()
+            handle = None
+        else:
+            handle.seek(0)
+            handle.truncate()
+            handle.write(f"pid {os.getpid()} on {socket.gethostname()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}")
+            handle.flush()
+    names = [holder]
+    dist.broadcast_object_list(names, src=0)
+    if names[0]:
+        raise RuntimeError(f"--save {root} is in use by another run ({names[0]}); give this run its own --save "
+                           f"folder, or stop the other one")
+    return handle
+
+
+def _refuse_non_finite_weights(model, iteration: int) -> None:
+    """A model with NaN/Inf weights is never saved (nor marked latest); every rank raises together."""
+    bare = unwrap_model(model)
+    params = list(bare.parameters())
+    device = params[0].device if params else torch.device("cpu")
+    finite = all(bool(torch.isfinite(p).all()) for p in params)
+    flag = torch.tensor([0.0 if finite else 1.0], device=device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    if flag.item():
+        raise RuntimeError(f"refusing to save iteration {iteration}: the model holds non-finite weights "
+                           f"(the last checkpoint stays the latest)")
+
+
 def save_training_checkpoint(ckpt: CheckpointArgs, model, optimizer, scheduler, state: TrainState,
                              parallel: ParallelConfig, run_info: dict) -> Path:
     """Write `ckpt.save/iter_N` for `state.iteration` (every rank calls this); `run_info` is recorded
     in the metadata (objective, seed). Prunes to `ckpt.keep_last` complete checkpoints."""
     from megatron.core import dist_checkpointing
 
+    _refuse_non_finite_weights(model, state.iteration)
     root = Path(ckpt.save)
     final = iter_dir(root, state.iteration)
     rank = dist.get_rank()
@@ -127,7 +178,12 @@ def save_training_checkpoint(ckpt: CheckpointArgs, model, optimizer, scheduler, 
     sd = _sharded_state(model, optimizer, parallel, is_loading=False)
     # per-rank RNG states, restored only when the layout is unchanged
     sd["rng_state"] = _rng_sharded(_rng_state())
-    dist_checkpointing.save(sd, str(tmp))
+    from torch.distributed.checkpoint.api import CheckpointException  # a BaseException
+
+    try:
+        dist_checkpointing.save(sd, str(tmp))
+    except (Exception, CheckpointException) as e:  # torch DCP re-raises a failed write on every rank
+        raise _save_failed(root, tmp, state.iteration, e) from None
     dist.barrier()
     if rank == 0:
         meta = {"iteration": state.iteration, "consumed_samples": state.consumed_samples,
@@ -147,11 +203,86 @@ def save_training_checkpoint(ckpt: CheckpointArgs, model, optimizer, scheduler, 
     return final
 
 
-def load_training_checkpoint(root: str | Path, model, optimizer, scheduler, parallel: ParallelConfig) -> TrainState:
-    """Resume model, optimizer, scheduler, counters and (same layout only) RNG states."""
+def _save_failed(root: Path, tmp: Path, iteration: int, error: Exception) -> RuntimeError:
+    """One message for a failed save (disk full, quota, file-size limit...): the folder, the free space
+    and what the previous checkpoint took; the partial folder is removed, the previous one is intact."""
+    shutil.rmtree(tmp, ignore_errors=True)
+    done = complete_checkpoints(root)
+    prev = iter_dir(root, done[-1]) if done else None
+    took = sum(f.stat().st_size for f in prev.rglob("*") if f.is_file()) if prev else None
+    free = shutil.disk_usage(root).free
+    gib = lambda b: f"{b / 2**30:.2f} GiB"  # noqa: E731
+    failures = list(getattr(error, "failures", {}).values())  # CheckpointException: rank -> exception
+    cause = str(failures[0] if failures else error).strip().splitlines()
+    short = next((line for line in cause if "No space" in line or "too large" in line or "Errno" in line),
+                 cause[0] if cause else type(error).__name__)
+    return RuntimeError(
+        f"saving iteration {iteration} to {root} failed ({short.strip()[:300]}); {gib(free)} free there"
+        + (f", the previous checkpoint took {gib(took)}" if took is not None else "")
+        + (f". {prev} is intact and stays the latest" if prev else "")
+        + ". Free space or point --save at a larger disk, then rerun with --load to resume")
+
+
+def unreadable_reason(path: Path) -> str | None:
+    """Why a complete-looking checkpoint folder cannot be loaded (naming the file), or None. Checks
+    what a kill, a full disk or a bad copy breaks: our metadata, the dist-checkpoint index, every
+    data file's size against the byte ranges the index points to, and the pickled common state."""
+    from torch.distributed.checkpoint import FileSystemReader
+
+    try:
+        json.loads((path / META).read_text())
+    except (OSError, ValueError) as e:
+        return f"{path / META}: {e}"
+    try:
+        storage = FileSystemReader(str(path)).read_metadata().storage_data
+    except Exception as e:  # any failure to unpickle the index: report it with its path
+        return f"{path / '.metadata'}: unreadable ({type(e).__name__}: {e})"
+    need: dict[str, int] = {}
+    for info in storage.values():
+        need[info.relative_path] = max(need.get(info.relative_path, 0), info.offset + info.length)
+    for name, size in sorted(need.items()):
+        f = path / name
+        have = f.stat().st_size if f.is_file() else None
+        if have is None or have < size:
+            return f"{f}: {'missing' if have is None else f'truncated ({have} of at least {size} bytes)'}"
+    if (path / "common.pt").is_file():
+        try:
+            torch.load(path / "common.pt", map_location="cpu", weights_only=False)
+        except Exception as e:
+            return f"{path / 'common.pt'}: unreadable ({type(e).__name__}: {e})"
+    return None
+
+
+def newest_readable_checkpoint(root: str | Path) -> tuple[int | None, list[str]]:
+    """(newest complete checkpoint that passes `unreadable_reason`, the reasons of newer ones skipped).
+    Decided on rank 0 and broadcast, so every rank loads the same one."""
+    choice: list = [None, []]
+    if dist.get_rank() == 0:
+        done = complete_checkpoints(root)
+        latest = latest_iteration(root)
+        order = ([latest] if latest is not None else []) + [i for i in reversed(done) if i != latest]
+        for it in order:
+            reason = unreadable_reason(iter_dir(Path(root), it))
+            if reason is None:
+                choice[0] = it
+                break
+            choice[1].append(reason)
+    dist.broadcast_object_list(choice, src=0)
+    return choice[0], choice[1]
+
+
+def load_training_checkpoint(root: str | Path, model, optimizer, scheduler, parallel: ParallelConfig,
+                             say=lambda _msg: None) -> TrainState:
+    """Resume model, optimizer, scheduler, counters and (same layout only) RNG states from the newest
+    readable checkpoint; an unreadable newer one is skipped, naming the file (RuntimeError if none is
+    readable)."""
     from megatron.core import dist_checkpointing
 
-    it = latest_iteration(root)
+    it, skipped = newest_readable_checkpoint(root)
+    for reason in skipped:
+        say(f"[megatron-redi] skipping an unreadable checkpoint: {reason}")
+    if it is None:
+        raise RuntimeError(f"--load {root}: no readable checkpoint; " + "; ".join(skipped))
     path = iter_dir(Path(root), it)
     meta = json.loads((path / META).read_text())
     same_layout = meta["layout"] == _layout(parallel)

@@ -10,6 +10,7 @@ flag ranges in the section that owns the flag, rules that need the world size in
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from megatron_redi.data.dataset import DataConfig
 from megatron_redi.data.tokenize import TokenizeConfig
@@ -76,6 +77,10 @@ class DataArgs:
     seq_length: int = 4096
     max_prompt_length: int | None = None
     system_prompt: str | None = None
+    truncate_long_examples: bool = False  # False: skip examples longer than seq_length (counted)
+    min_completion_tokens: int = 1
+    keep_identical_pairs: bool = False
+    train_on_all_assistant_turns: bool = False
     data_cache_dir: str | None = None
     tokenizer_workers: int = 0  # 0 = automatic
     packing: str = "none"  # none | ffd
@@ -88,6 +93,8 @@ class DataArgs:
                         ("--global-batch-size", self.global_batch_size), ("--seq-length", self.seq_length)):
             if v < 1:
                 raise ValueError(f"{flag} must be >= 1, got {v}")
+        if not 1 <= self.min_completion_tokens < self.seq_length:
+            raise ValueError(f"--min-completion-tokens must be in [1, --seq-length), got {self.min_completion_tokens}")
         if self.micro_batch_tokens is not None and self.micro_batch_tokens < 1:
             raise ValueError(f"--micro-batch-tokens must be >= 1, got {self.micro_batch_tokens}")
 
@@ -107,7 +114,11 @@ class DataArgs:
             paired=objective.paired,
             need_reference=objective.loss_type == "dpo",
             tokenize=TokenizeConfig(max_prompt_length=self.max_prompt_length, seq_length=self.seq_length,
-                                    system_prompt=self.system_prompt),
+                                    system_prompt=self.system_prompt,
+                                    truncate_long_examples=self.truncate_long_examples,
+                                    min_completion_tokens=self.min_completion_tokens,
+                                    keep_identical_pairs=self.keep_identical_pairs,
+                                    all_assistant_turns=self.train_on_all_assistant_turns),
             cache_dir=self.data_cache_dir,
             workers=self.tokenizer_workers,
         )
@@ -160,6 +171,13 @@ class CheckpointArgs:
     def validate(self) -> None:
         if self.save_interval is not None and not self.save:
             raise ValueError("--save-interval needs --save DIR")
+        # a typo in --load must not silently start from scratch; --load == --save (a requeued job's
+        # first run) may not exist yet
+        same_as_save = self.save is not None and self.load is not None and \
+            Path(self.load).resolve() == Path(self.save).resolve()
+        if self.load and not same_as_save and not Path(self.load).exists():
+            raise FileNotFoundError(f"--load {self.load} does not exist (to start a new run that later resumes "
+                                    f"from its own checkpoints, pass the same folder to --save and --load)")
 
 
 @dataclass

@@ -10,13 +10,15 @@ import math
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from megatron_redi.checkpointing.layout import has_checkpoint
+from megatron_redi.checkpointing.layout import has_checkpoint, iter_dir
 from megatron_redi.data.sampler import GlobalBatchSampler
+from megatron_redi.model.vocab import check_vocab_fits
 from megatron_redi.objectives.objective import build_objective
 from megatron_redi.platform.distributed import device, init_distributed
 from megatron_redi.platform.gpu_features import check_fp8_request
@@ -38,18 +40,25 @@ def total_iterations(cfg: TrainConfig, num_examples: int) -> int:
     return max(1, math.ceil(cfg.training.train_epochs * num_examples / cfg.data.global_batch_size))
 
 
-def _start(cfg: TrainConfig, model, optimizer, scheduler) -> ckpt.TrainState:
-    """Resume from --load if it holds a checkpoint, else take --pretrained-checkpoint's weights."""
+def _start(cfg: TrainConfig, model, optimizer, scheduler, say: Callable[[str], None]) -> ckpt.TrainState:
+    """Resume from --load if it holds a checkpoint, else take --pretrained-checkpoint's weights, else the
+    seeded initialisation; says which in one line."""
     c = cfg.checkpoint
     if c.save:
         ckpt.write_hf_side_files(c.save, cfg.model)
     if c.load and has_checkpoint(c.load):
-        return ckpt.load_training_checkpoint(c.load, model, optimizer, scheduler, cfg.parallel)
+        state = ckpt.load_training_checkpoint(c.load, model, optimizer, scheduler, cfg.parallel, say)
+        say(f"[megatron-redi] resumed from {iter_dir(Path(c.load), state.iteration)} at iteration "
+            f"{state.iteration} ({state.consumed_samples} samples consumed)")
+        return state
+    if c.load:
+        say(f"[megatron-redi] --load {c.load} holds no checkpoint yet: starting a new run")
     if c.pretrained_checkpoint:
         ckpt.load_pretrained(c.pretrained_checkpoint, model)
         # the copied weights must reach the optimizer's fp32 master copies
         if hasattr(optimizer, "reload_model_params"):
             optimizer.reload_model_params()
+        say(f"[megatron-redi] weights from {c.pretrained_checkpoint} (fresh optimizer, iteration 0)")
     return ckpt.TrainState()
 
 
@@ -86,13 +95,15 @@ def pretrain(cfg: TrainConfig, model_provider: Callable, forward_step_func: Call
     from megatron.core import parallel_state as ps
 
     # every refusal that needs no data or model comes first, on every rank
-    init_distributed()
+    init_distributed(cfg.parallel.distributed_timeout_minutes)
     cfg.validate(dist.get_world_size())
     check_fp8_request(cfg.model.fp8_format, cfg.model.transformer_impl)
     dp = init_world(cfg.parallel, cfg.training.seed)
     shape = cfg.model.shape()
     shape.check_parallel(cfg.parallel.tensor_model_parallel_size, cfg.parallel.pipeline_model_parallel_size)
+    check_vocab_fits(cfg.model.tokenizer_model, shape)
     objective = build_objective(cfg.objective)
+    save_lock = ckpt.lock_save_folder(cfg.checkpoint.save) if cfg.checkpoint.save else None
     log_rank = is_logging_rank()
     examples, data_stats = dataset_provider(progress=log_rank and not cfg.logging.no_progress)
     if len(examples) < cfg.data.global_batch_size and cfg.training.train_iters is None:
@@ -103,7 +114,7 @@ def pretrain(cfg: TrainConfig, model_provider: Callable, forward_step_func: Call
     total_iters = total_iterations(cfg, len(examples))
     optimizer, scheduler = build_optimizer(cfg.optimizer, [model], total_iters, bf16=cfg.model.bf16,
                                            use_distributed_optimizer=cfg.parallel.use_distributed_optimizer)
-    state = _start(cfg, model, optimizer, scheduler)
+    state = _start(cfg, model, optimizer, scheduler, tqdm.write if log_rank else lambda _: None)
 
     sampler = GlobalBatchSampler(len(examples), cfg.data.global_batch_size, ps.get_data_parallel_rank(), dp,
                                  cfg.training.seed)
@@ -133,7 +144,9 @@ def pretrain(cfg: TrainConfig, model_provider: Callable, forward_step_func: Call
         window.add(time.perf_counter() - t0, batch.tokens, batch.doc_lengths, batch.packing_efficiency)
         bar.update(1)
 
-        averager.add(reduce_metrics(losses, dev))
+        step_metrics = reduce_metrics(losses, dev)
+        _stop_if_not_finite(state.iteration, grad_norm, step_metrics, dev)
+        averager.add(step_metrics)
         if state.iteration % cfg.logging.log_interval == 0 or state.iteration == total_iters:
             rec = {"iteration": state.iteration, "consumed_samples": state.consumed_samples,
                    "epoch": round(sampler.epoch_of(state.consumed_samples), 4), "lr": lr_used,
@@ -148,7 +161,26 @@ def pretrain(cfg: TrainConfig, model_provider: Callable, forward_step_func: Call
     logger.close()
     if signals:
         signals.restore()
+    if save_lock:
+        save_lock.close()
     return last
+
+
+def _stop_if_not_finite(iteration: int, grad_norm, metrics: dict, dev) -> None:
+    """Megatron's --check-for-nan-in-loss-and-grad, always on: a NaN/Inf loss (known on the last
+    pipeline stage) or grad norm (known everywhere) stops the run on EVERY rank, before this
+    iteration's model can be saved or marked latest. One small all-reduce per iteration."""
+    loss = metrics.get("loss")
+    bad_grad = grad_norm is not None and not math.isfinite(float(grad_norm))
+    bad_loss = loss is not None and not math.isfinite(loss)
+    flags = torch.tensor([float(bad_loss), float(bad_grad)], device=dev)
+    dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+    if flags.any():
+        what = [name for name, f in zip(("loss", "grad norm"), flags.tolist()) if f]
+        seen = f" (loss {loss}, grad norm {grad_norm})" if loss is not None else f" (grad norm {grad_norm})"
+        raise RuntimeError(f"iteration {iteration}: non-finite {' and '.join(what)}{seen}; stopping without "
+                           f"saving this model (the last checkpoint stays the latest). Lower --lr, check "
+                           f"--clip-grad, or look for a bad batch in the data")
 
 
 def _checkpoint_and_should_stop(cfg: TrainConfig, state: ckpt.TrainState, total_iters: int, signals,
@@ -159,8 +191,10 @@ def _checkpoint_and_should_stop(cfg: TrainConfig, state: ckpt.TrainState, total_
     stop = signals is not None and signals.any_rank_received()
     stop = stop or bool(cfg.training.exit_interval and state.iteration % cfg.training.exit_interval == 0)
     if c.save and (save_now or stop or state.iteration == total_iters):
-        ckpt.save_training_checkpoint(c, model, optimizer, scheduler, state, cfg.parallel,
-                                      {"loss_type": cfg.objective.loss_type, "seed": cfg.training.seed})
+        path = ckpt.save_training_checkpoint(c, model, optimizer, scheduler, state, cfg.parallel,
+                                             {"loss_type": cfg.objective.loss_type, "seed": cfg.training.seed})
+        if log_rank:
+            tqdm.write(f"[megatron-redi] saved iteration {state.iteration} to {path}")
     if stop and log_rank:
         tqdm.write(f"[megatron-redi] stopping at iteration {state.iteration}{' (checkpoint saved)' if c.save else ''}")
     return stop

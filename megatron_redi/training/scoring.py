@@ -18,6 +18,7 @@ from tqdm import tqdm
 from megatron_redi.data.batch import MicroBatch
 from megatron_redi.data.dataset import make_micro_batches, pad_multiple
 from megatron_redi.data.schema import iter_rows
+from megatron_redi.model.vocab import check_vocab_fits
 from megatron_redi.objectives.losses import ObjectiveConfig
 from megatron_redi.objectives.sums import document_sums
 from megatron_redi.platform.distributed import device
@@ -44,10 +45,16 @@ def score_pairs(cfg: ScoreConfig) -> list | None:
     from megatron_redi.training.checkpoint import load_pretrained
 
     dp = init_world(cfg.parallel, cfg.seed)
-    cfg.model.shape().check_parallel(cfg.parallel.tensor_model_parallel_size,
-                                     cfg.parallel.pipeline_model_parallel_size)
-    examples, _ = dataset_provider(cfg.data, cfg.model.tokenizer_model, ObjectiveConfig("redi"),
-                                   progress=is_logging_rank() and not cfg.no_progress)
+    shape = cfg.model.shape()
+    shape.check_parallel(cfg.parallel.tensor_model_parallel_size, cfg.parallel.pipeline_model_parallel_size)
+    check_vocab_fits(cfg.model.tokenizer_model, shape)
+    examples, data_stats = dataset_provider(cfg.data, cfg.model.tokenizer_model, ObjectiveConfig("redi"),
+                                            progress=is_logging_rank() and not cfg.no_progress)
+    skipped = data_stats.get("skipped_identical_pairs", 0) + data_stats.get("skipped_too_long", 0)
+    if skipped:  # scores are written back row by row: every row must be scored
+        raise ValueError(f"--data-path: {skipped} pairs were skipped (identical or longer than --seq-length), so "
+                         f"scores would not line up with the rows; score with --keep-identical-pairs "
+                         f"--truncate-long-examples (training skips the same pairs and uses the others' scores)")
     model = build_ddp_model(partial(model_provider, cfg.model, cfg.parallel, cfg.seed), cfg.parallel)
     if cfg.pretrained_checkpoint:
         load_pretrained(cfg.pretrained_checkpoint, model)

@@ -16,7 +16,7 @@ from megatron_redi.training.config import DataArgs, ModelArgs
 def init_world(parallel: ParallelConfig, seed: int) -> int:
     """torch.distributed (NCCL or gloo), megatron's TP/PP/CP/DP groups and every RNG; returns DP size.
     Raises ValueError naming the flag, on every rank, when the layout does not fit the world."""
-    init_distributed()
+    init_distributed(parallel.distributed_timeout_minutes)
     dp = init_model_parallel(parallel)
     set_seed(seed)
     return dp

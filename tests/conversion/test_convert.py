@@ -52,7 +52,7 @@ def _qwen2_config(vocab: int, tied: bool, rope_theta: float = 10000.0):
 
 def _make_hf(path: Path, *, tied: bool, vocab: int, dtype: torch.dtype, shard: str | None, seed: int,
              **_) -> Path:
-    """A random Qwen2 folder with the tiny tokenizer. Norm weights around 1 and biases non-zero, so a
+    """A random Qwen2 folder with a tiny tokenizer of its vocabulary. Norm weights around 1 and biases non-zero, so a
     swapped norm or a mis-ordered bias changes the logits."""
     from transformers import Qwen2ForCausalLM
 
@@ -62,9 +62,14 @@ def _make_hf(path: Path, *, tied: bool, vocab: int, dtype: torch.dtype, shard: s
         for name, p in model.named_parameters():
             p.copy_(1.0 + 0.2 * torch.randn_like(p) if "norm" in name else 0.15 * torch.randn_like(p))
     model.to(dtype).save_pretrained(path, max_shard_size=shard or "1GB")
-    for f in TINY.iterdir():
-        if f.name.startswith("tokenizer") or f.name.endswith(".jinja"):
-            shutil.copy(f, path / f.name)
+    if vocab == 384:
+        for f in TINY.iterdir():
+            if f.name.startswith("tokenizer") or f.name.endswith(".jinja"):
+                shutil.copy(f, path / f.name)
+    else:  # a tokenizer must never emit ids the embedding lacks (the export refuses that pair)
+        from megatron_redi.data.tiny_assets import build_tiny_tokenizer
+
+        build_tiny_tokenizer(path, vocab_size=vocab)
     return path
 
 
@@ -426,6 +431,15 @@ if __name__ == "__main__":
         _worker_logits(sys.argv[2], sys.argv[3], sys.argv[4:])
 
 
+def test_export_refuses_a_tokenizer_larger_than_the_model(work, tmp_path):
+    """The 384-token tiny tokenizer beside a 300-token model would emit ids the exported embedding
+    lacks: the export stops before writing, naming both."""
+    p = _convert("mcore-to-hf", "--load", str(work["mcore"]["tied"]), "--output", str(tmp_path / "x"),
+                 "--tokenizer-model", str(TINY), check=False)
+    assert p.returncode == 2 and f"tokenizer {TINY} can emit token id 383" in p.stderr, p.stderr[-2000:]
+    assert "has vocab_size 300" in p.stderr and not (tmp_path / "x").exists()
+
+
 def test_export_warns_when_vocab_padding_rows_hold_weights(work, tmp_path):
     """Exporting a 384-token checkpoint with a config that says 300 tokens: rows 300..383 would become
     padding but hold trained weights, so the converter warns, naming the config; the true config
@@ -435,7 +449,7 @@ def test_export_warns_when_vocab_padding_rows_hold_weights(work, tmp_path):
     small.mkdir()
     (small / "config.json").write_text(json.dumps({**cfg, "vocab_size": 300}))
     p = _convert("mcore-to-hf", "--load", str(work["mcore"]["untied"]), "--output", str(tmp_path / "a"),
-                 "--model-config", str(small), "--tokenizer-model", str(TINY))
+                 "--model-config", str(small), "--tokenizer-model", str(work["hf"]["tied"]))  # 300 tokens
     assert "warning: padding rows (>= vocab_size 300)" in p.stderr and str(small / "config.json") in p.stderr
     p = _convert("mcore-to-hf", "--load", str(work["mcore"]["untied"]), "--output", str(tmp_path / "b"),
                  "--tokenizer-model", str(TINY))

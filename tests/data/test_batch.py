@@ -110,14 +110,18 @@ def test_completion_is_assistant_turn_plus_eos():
     assert "Be brief." in tok.decode(enc2.encode_prompt(prompt))
 
 
-def test_keep_end_truncation_is_counted():
+def test_length_policy_skips_by_default_and_truncation_keeps_prompt_and_completion_start():
     tok = load_tokenizer(TINY)
     enc = ChatEncoder(tok, TokenizeConfig(seq_length=10, max_prompt_length=4))
     p = enc.encode_prompt([{"role": "user", "content": "What is 123 + 456 and why is it so?"}])
     assert len(p) == 4 and enc.stats.prompts_truncated == 1
-    fp, fc = enc.fit(p, list(range(100, 109)))
-    assert len(fp) + len(fc) == 10 and fc[-1] == 108  # the end is kept
+    c = list(range(100, 109))
+    assert enc.fit(p, c) is None and enc.fit(p, c[:6]) == c[:6]  # 4 + 9 > 10: skipped; 4 + 6 fits
+    assert enc.stats.sequences_truncated == 0
+    enc = ChatEncoder(tok, TokenizeConfig(seq_length=10, truncate_long_examples=True, min_completion_tokens=3))
+    assert enc.fit(p, c) == c[:6]  # the prompt stays whole, the completion keeps its first tokens
     assert enc.stats.sequences_truncated == 1
+    assert enc.fit(list(range(8)), c) is None  # 2 tokens of room < --min-completion-tokens 3
 
 
 def test_sampler_resume_and_dp_sharding():

@@ -39,9 +39,9 @@ def test_cache_matches_direct_encoding_then_hits_and_invalidates(tmp_path, data)
     data.write_text(data.read_text().replace("What is", "What's", 1))
     assert build_dataset(_cfg(tmp_path, data, workers=1), progress=False).stats["cache"] == "built"
     other = _cfg(tmp_path, data, workers=1)
-    other.tokenize = TokenizeConfig(seq_length=64)
+    other.tokenize = TokenizeConfig(seq_length=64, max_prompt_length=32, truncate_long_examples=True)
     ds2 = build_dataset(other, progress=False)
-    assert ds2.stats["cache"] == "built" and ds2.stats["sequences_truncated"] > 0
+    assert ds2.stats["cache"] == "built" and ds2.stats["sequences_truncated"] > 0 and len(ds2) == 40
     assert all(max(ds2.doc_lengths(i)) <= 64 for i in range(len(ds2)))
 
 

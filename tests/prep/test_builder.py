@@ -224,7 +224,7 @@ def test_default_build(tmp_path: Path) -> None:
     assert report["labels"]["null_labels"] == 1  # p04's math-verify label
     assert report["paper"] == {"sft": 77629, "pairs": 53175}
     first = report["malformed"]["examples"][0]
-    assert (first["row"], first["line"], first["reason"]) == (8, 9, "label_length_mismatch")
+    assert (first["row"], first["line"], first["reason"]) == (9, 9, "label_length_mismatch")
     assert first["file"] == str(RAW)
 
     sft_idx, pair_idx = _selection(sft, pairs, _raw_by_uuid())
@@ -302,8 +302,8 @@ def test_strict_names_file_and_row(tmp_path: Path, capsys) -> None:
     argv = ["--input", str(RAW), "--output-dir", str(tmp_path / "o"), "--no-progress", "--strict"]
     assert main(argv) == 2
     err = capsys.readouterr().err
-    # Rows 0-7 are fine or dropped by rules; row 8 (line 9) has a one-entry llama list for two generations.
-    assert f"{RAW}: row 8 (line 9): label_length_mismatch" in err
+    # Rows 1-8 are fine or dropped by rules; row 9 (line 9) has a one-entry llama list for two generations.
+    assert f"{RAW}: row 9 (line 9): label_length_mismatch" in err
     assert not (tmp_path / "o" / "sft.jsonl").exists() and not (tmp_path / "o" / "sft.jsonl.partial").exists()
     with pytest.raises(DataError) as e:
         build(
@@ -316,7 +316,7 @@ def test_strict_names_file_and_row(tmp_path: Path, capsys) -> None:
                 valid_values=(),
             )
         )
-    assert (e.value.path, e.value.row, e.value.reason) == (str(RAW), 8, "label_length_mismatch")
+    assert (e.value.path, e.value.row, e.value.reason) == (str(RAW), 9, "label_length_mismatch")
 
 
 def test_determinism_and_seed(tmp_path: Path) -> None:
@@ -442,8 +442,8 @@ def test_strict_on_save_to_disk_names_arrow_file_and_row(tmp_path: Path) -> None
                 exclude_sources=(),
             )
         )
-    assert e.value.row == 4 and e.value.path.endswith(".arrow") and str(tmp_path / "d") in e.value.path
-    assert "row 4: label_length_mismatch" in str(e.value)
+    assert e.value.row == 5 and e.value.path.endswith(".arrow") and str(tmp_path / "d") in e.value.path
+    assert "row 5: label_length_mismatch" in str(e.value)
 
 
 def test_length_filter(tmp_path: Path) -> None:

@@ -97,3 +97,20 @@ def test_malformed_row_names_file_and_row_on_every_rank(tmp_path):
     args = BASE.copy()
     args[5] = str(bad)
     _fails(tmp_path, args, 2, f"{bad}: row 3")
+
+
+@pytest.mark.parametrize("vocab", [256, 300])
+def test_tokenizer_larger_than_the_model_is_refused_on_every_rank(tmp_path, vocab):
+    """A 384-token tokenizer beside a model of 256 (used to be a raw IndexError) or 300 tokens (used to
+    train NaN silently): the trainer and the scorer stop before any work, naming both files."""
+    cfg = json.loads((TINY / "config.json").read_text())
+    d = tmp_path / "m"
+    d.mkdir()
+    (d / "config.json").write_text(json.dumps({**cfg, "vocab_size": vocab}))
+    args = ["--model-config", str(d)] + BASE[2:]
+    p = _fails(tmp_path, args, 2, f"--tokenizer-model {TINY} can emit token id 383")
+    assert f"{d / 'config.json'} has vocab_size {vocab}" in p.stderr
+    score = ["--model-config", str(d), "--tokenizer-model", str(TINY), "--data-path", str(SAMPLE / "pairs.jsonl"),
+             "--output", str(tmp_path / "o.jsonl"), "--no-progress"]
+    p = torchrun(ROOT / "tools" / "score_reference.py", score, nproc=1, check=False)
+    assert p.returncode == 2 and f"--tokenizer-model {TINY} can emit token id 383" in p.stderr, p.stderr[-2000:]
