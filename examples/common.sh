@@ -16,13 +16,16 @@
 #   METHOD         which Stage 2 run 04_export_hf / 05_eval work on: sft redi redi_sym dpo simpo
 #   ITER           export / evaluate this saved iteration instead of the newest one
 #   TP_SIZE, PP_SIZE, CP_SIZE, RECOMPUTE, MICRO_BATCH   override the recipe's parallel layout
-#   PYTHON         interpreter (default: python)
+#   PYTHON         interpreter (default: the project's .venv/bin/python if it exists, else python)
 #   DRY_RUN=1      print each command on one line starting with "DRY-RUN:" instead of running it
 # Arguments given to a stage script are appended to the command it launches (argparse: last one wins),
 # e.g. `02_sft.sh --train-iters 20 --exit-interval 10`.
 
 REDI_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-: "${PYTHON:=python}"
+if [[ -z "${PYTHON:-}" ]]; then
+  # the environment ./scripts/setup_env.sh made, so the recipes work right after the README's set-up
+  if [[ -x "$REDI_ROOT/.venv/bin/python" ]]; then PYTHON="$REDI_ROOT/.venv/bin/python"; else PYTHON=python; fi
+fi
 : "${DRY_RUN:=0}"
 : "${GPUS_PER_NODE:=${SLURM_GPUS_ON_NODE:-8}}"
 : "${NNODES:=1}"

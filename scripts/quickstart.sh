@@ -27,4 +27,4 @@ echo "== Stage 2: REDI (alpha 0.8) on (correct, incorrect) pairs from the Stage 
   --global-batch-size 16 --train-epochs 1 --lr 2e-4 --pipeline-model-parallel-size 2 \
   --pretrained-checkpoint "$OUT/sft" --save "$OUT/redi" --metrics-file "$OUT/redi.jsonl"
 
-"$PY" tools/plot_metrics.py "$OUT/sft.jsonl" "$OUT/redi.jsonl" --output "$OUT/curves.png"
+"$PY" tools/plot_metrics.py "$OUT/sft.jsonl" "$OUT/redi.jsonl" --stages --output "$OUT/curves.png"

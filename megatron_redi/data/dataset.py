@@ -65,6 +65,14 @@ def _hash_path(h, p: Path) -> None:
                 h.update(block)
 
 
+def content_fingerprint(paths: list[str] | str) -> str:
+    """Hash of the bytes (and relative names) of data files or folders: what a resumed run must see again."""
+    h = hashlib.blake2b(digest_size=16)
+    for p in [paths] if isinstance(paths, str) else paths:
+        _hash_path(h, Path(p))
+    return h.hexdigest()
+
+
 def code_hash() -> str:
     """Hash of the source of the modules that turn rows into tokens (`CODE_FILES`)."""
     h = hashlib.blake2b(digest_size=16)
@@ -85,12 +93,25 @@ def cache_key(cfg: DataConfig) -> str:
         if not Path(p).exists():
             raise FileNotFoundError(f"--data-path: {p} does not exist")
         _hash_path(h, Path(p))
-    tok_dir = Path(cfg.tokenizer_model)
+    for f in _tokenizer_files(cfg.tokenizer_model):
+        _hash_path(h, f)
+    return h.hexdigest()
+
+
+def _tokenizer_files(tokenizer_model: str) -> list[Path]:
+    """The files that define a tokenizer (vocabulary, merges, config, chat template), never weights."""
+    tok_dir = Path(tokenizer_model)
     if not tok_dir.is_dir():
         raise FileNotFoundError(f"--tokenizer-model: {tok_dir} is not a directory holding an HF tokenizer")
-    for f in sorted(tok_dir.iterdir()):
-        if f.is_file() and (f.suffix in (".json", ".jinja", ".txt", ".model", ".tiktoken") or f.name == "merges"):
-            _hash_path(h, f)
+    return [f for f in sorted(tok_dir.iterdir())
+            if f.is_file() and (f.suffix in (".json", ".jinja", ".txt", ".model", ".tiktoken") or f.name == "merges")]
+
+
+def tokenizer_fingerprint(tokenizer_model: str) -> str:
+    """Hash of the tokenizer's defining files (see `_tokenizer_files`)."""
+    h = hashlib.blake2b(digest_size=16)
+    for f in _tokenizer_files(tokenizer_model):
+        _hash_path(h, f)
     return h.hexdigest()
 
 

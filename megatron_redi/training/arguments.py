@@ -132,6 +132,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="weights to start from when --load holds no checkpoint yet (so a requeued job can "
                         "rerun the same command)")
     g.add_argument("--keep-last", type=int, default=None)
+    g.add_argument("--override-checkpoint-settings", nargs="+", default=[], metavar="NAME",
+                   help="on --load, accept these run settings differing from the checkpoint's (names as the "
+                        "mismatch error lists them, e.g. seed global_batch_size data_sha)")
+    g.add_argument("--override-opt_param-scheduler", action="store_true",
+                   help="on --load, use this command line's LR / weight-decay schedule, not the checkpoint's")
+    g.add_argument("--use-checkpoint-opt_param-scheduler", action="store_true",
+                   help="on --load, keep the checkpoint's LR / weight-decay schedule whatever the flags say")
     g = p.add_argument_group("logging")
     g.add_argument("--log-interval", type=int, default=1)
     g.add_argument("--metrics-file", default=None)

@@ -271,11 +271,39 @@ def newest_readable_checkpoint(root: str | Path) -> tuple[int | None, list[str]]
     return choice[0], choice[1]
 
 
+SCHEDULE_SETTINGS = ("lr", "min_lr", "lr_warmup_fraction", "lr_decay_style", "weight_decay", "total_iters")
+
+
+def check_run_settings(path: Path, saved: dict | None, now: dict, overrides: set[str],
+                       schedule_flag: bool, say) -> None:
+    """A resumed run must be the run that was saved: same data bytes, tokenizer, objective, batch size,
+    seed, sequence rules and schedule. ValueError lists every difference unless each is accepted by
+    --override-checkpoint-settings NAME (schedule ones also by Megatron's scheduler flags)."""
+    if saved is None:
+        say(f"[megatron-redi] {path} records no run settings (older format): not checked")
+        return
+    diffs = {k: (saved.get(k), now.get(k)) for k in sorted(set(saved) | set(now)) if saved.get(k) != now.get(k)}
+    refused = {k: v for k, v in diffs.items()
+               if k not in overrides and not (schedule_flag and k in SCHEDULE_SETTINGS)}
+    if refused:
+        lines = "; ".join(f"{k}: checkpoint {a!r}, now {b!r}" for k, (a, b) in refused.items())
+        schedule = [k for k in refused if k in SCHEDULE_SETTINGS]
+        raise ValueError(
+            f"--load {path} was saved by a run with other settings ({lines}). Resuming would silently change "
+            f"the run. If intended, pass --override-checkpoint-settings {' '.join(refused)}"
+            + (" (or, for the schedule, --override-opt_param-scheduler / --use-checkpoint-opt_param-scheduler)"
+               if schedule else "")
+            + "; or start a new run from these weights with --pretrained-checkpoint")
+    if diffs:
+        say(f"[megatron-redi] resuming with changed settings, as asked: {', '.join(diffs)}")
+
+
 def load_training_checkpoint(root: str | Path, model, optimizer, scheduler, parallel: ParallelConfig,
-                             say=lambda _msg: None) -> TrainState:
+                             say=lambda _msg: None, run_settings: dict | None = None,
+                             overrides: set[str] = frozenset(), schedule_flag: bool = False) -> TrainState:
     """Resume model, optimizer, scheduler, counters and (same layout only) RNG states from the newest
     readable checkpoint; an unreadable newer one is skipped, naming the file (RuntimeError if none is
-    readable)."""
+    readable). With `run_settings`, the checkpoint's must match (`check_run_settings`)."""
     from megatron.core import dist_checkpointing
 
     it, skipped = newest_readable_checkpoint(root)
@@ -285,6 +313,8 @@ def load_training_checkpoint(root: str | Path, model, optimizer, scheduler, para
         raise RuntimeError(f"--load {root}: no readable checkpoint; " + "; ".join(skipped))
     path = iter_dir(Path(root), it)
     meta = json.loads((path / META).read_text())
+    if run_settings is not None:
+        check_run_settings(path, meta.get("run"), run_settings, set(overrides), schedule_flag, say)
     same_layout = meta["layout"] == _layout(parallel)
     sd = _sharded_state(model, optimizer, parallel, is_loading=True)
     if same_layout:

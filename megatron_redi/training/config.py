@@ -167,10 +167,17 @@ class CheckpointArgs:
     load: str | None = None
     pretrained_checkpoint: str | None = None  # weights to start from when --load holds no checkpoint yet
     keep_last: int | None = None
+    # settings that may differ from the checkpoint's on --load (names as in run_settings(), e.g. seed)
+    override_checkpoint_settings: list[str] = field(default_factory=list)
+    override_opt_param_scheduler: bool = False  # Megatron's: the new LR / WD schedule flags win
+    use_checkpoint_opt_param_scheduler: bool = False  # Megatron's: keep the checkpoint's schedule
 
     def validate(self) -> None:
         if self.save_interval is not None and not self.save:
             raise ValueError("--save-interval needs --save DIR")
+        if self.override_opt_param_scheduler and self.use_checkpoint_opt_param_scheduler:
+            raise ValueError("--override-opt_param-scheduler and --use-checkpoint-opt_param-scheduler exclude "
+                             "each other")
         # a typo in --load must not silently start from scratch; --load == --save (a requeued job's
         # first run) may not exist yet
         same_as_save = self.save is not None and self.load is not None and \

@@ -11,7 +11,21 @@ from pathlib import Path
 
 
 def read_metrics(path: str | Path) -> list[dict]:
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    """Records of a --metrics-file. FileNotFoundError / ValueError name the file (missing, empty, or a
+    line that is not JSON)."""
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"{p}: no such metrics file")
+    out = []
+    for n, line in enumerate(p.read_text().splitlines(), 1):
+        if line.strip():
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{p}: line {n} is not JSON ({e})") from None
+    if not out:
+        raise ValueError(f"{p}: no records (did the run log anything? see --log-interval)")
+    return out
 
 
 def table(records: list[dict], keys: tuple[str, ...] = ("loss", "chosen_logp", "rejected_logp", "margin",
@@ -31,24 +45,50 @@ def table(records: list[dict], keys: tuple[str, ...] = ("loss", "chosen_logp", "
     return "\n".join(lines)
 
 
-def plot(runs: dict[str, list[dict]], out: str | Path) -> Path:
+def plot(runs: dict[str, list[dict]], out: str | Path, stages: bool = False) -> Path:
+    """One PNG. Overlay (default): runs compared on one iteration axis. `stages`: the runs are
+    consecutive stages (e.g. SFT then REDI) on ONE time axis, each starting where the previous ended,
+    with the boundary marked, and each stage's loss on its own y scale (losses of different objectives
+    are not comparable numbers)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
-    for name, recs in runs.items():
-        it = [r["iteration"] for r in recs]
-        axes[0].plot(it, [r["loss"] for r in recs], label=name)
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.2), sharex=stages)
+    offset, colors = 0, plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    loss_ax = axes[0]
+    for k, (name, recs) in enumerate(runs.items()):
+        color = colors[k % len(colors)]
+        it = [r["iteration"] + (offset if stages else 0) for r in recs]
+        ax = loss_ax if (k == 0 or not stages) else loss_ax.twinx()
+        if stages and k > 0:
+            ax.spines["right"].set_position(("axes", 1 + 0.12 * (k - 1)))
+            ax.tick_params(axis="y", colors=color)
+        ax.plot(it, [r["loss"] for r in recs], color=color, label=f"{name} loss")
+        if stages:
+            ax.set_ylabel(f"{name} loss", color=color)
         if any("chosen_logp" in r for r in recs):
-            axes[1].plot(it, [r["chosen_logp"] for r in recs], label=f"{name} chosen")
-            axes[1].plot(it, [r["rejected_logp"] for r in recs], "--", label=f"{name} rejected")
-        axes[2].plot(it, [r["grad_norm"] for r in recs], label=name)
-    for ax, title in zip(axes, ("loss", "mean per-token log-prob", "grad norm")):
+            axes[1].plot(it, [r.get("chosen_logp") for r in recs], color=color, label=f"{name} chosen")
+            axes[1].plot(it, [r.get("rejected_logp") for r in recs], "--", color=color, label=f"{name} rejected")
+        axes[2].plot(it, [r["grad_norm"] for r in recs], color=color, label=name)
+        if stages:
+            for ax_ in axes:
+                if k > 0:
+                    ax_.axvline(offset, color="grey", ls=":", lw=1)
+                ax_.text(offset, 0.98, f" {name}", transform=ax_.get_xaxis_transform(), va="top", fontsize=8,
+                         clip_on=True)
+            offset = it[-1]
+    axes[2].set_yscale("log")
+    titles = ("loss" + (" (each stage on its own scale)" if stages else ""), "mean per-token log-prob",
+              "grad norm (log scale)")
+    for ax, title in zip(axes, titles):
         ax.set_title(title)
-        ax.set_xlabel("iteration")
-        ax.legend(fontsize=7)
+        ax.set_xlabel("iteration" + (" (stages one after the other)" if stages else ""))
+        if ax is not axes[0] and ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
+    if not stages:
+        axes[0].legend(fontsize=7)
     fig.tight_layout()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -10,6 +10,7 @@ import math
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -17,6 +18,7 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from megatron_redi.checkpointing.layout import has_checkpoint, iter_dir
+from megatron_redi.data.dataset import content_fingerprint, tokenizer_fingerprint
 from megatron_redi.data.sampler import GlobalBatchSampler
 from megatron_redi.model.vocab import check_vocab_fits
 from megatron_redi.objectives.objective import build_objective
@@ -40,14 +42,38 @@ def total_iterations(cfg: TrainConfig, num_examples: int) -> int:
     return max(1, math.ceil(cfg.training.train_epochs * num_examples / cfg.data.global_batch_size))
 
 
-def _start(cfg: TrainConfig, model, optimizer, scheduler, say: Callable[[str], None]) -> ckpt.TrainState:
+def run_settings(cfg: TrainConfig, num_examples: int, total_iters: int) -> dict:
+    """What defines a run, recorded in every checkpoint and checked on --load: the data (bytes and
+    example count), the tokenizer, the objective, the global batch, the seed, the sequence rules, the
+    optimizer and its schedule. Layout, micro-batch size and packing may change (the numbers don't)."""
+    d, o = cfg.data, cfg.optimizer
+    return {
+        "data_sha": content_fingerprint(d.data_path), "num_examples": num_examples,
+        "tokenizer_sha": tokenizer_fingerprint(cfg.model.tokenizer_model),
+        **{k: v for k, v in asdict(cfg.objective).items()},
+        "global_batch_size": d.global_batch_size, "seed": cfg.training.seed, "seq_length": d.seq_length,
+        "max_prompt_length": d.max_prompt_length, "system_prompt": d.system_prompt,
+        "truncate_long_examples": d.truncate_long_examples, "min_completion_tokens": d.min_completion_tokens,
+        "keep_identical_pairs": d.keep_identical_pairs,
+        "train_on_all_assistant_turns": d.train_on_all_assistant_turns,
+        "lr": o.lr, "min_lr": o.min_lr, "lr_warmup_fraction": o.lr_warmup_fraction,
+        "lr_decay_style": o.lr_decay_style, "weight_decay": o.weight_decay, "total_iters": total_iters,
+        "adam_beta1": o.adam_beta1, "adam_beta2": o.adam_beta2, "adam_eps": o.adam_eps, "clip_grad": o.clip_grad,
+    }
+
+
+def _start(cfg: TrainConfig, model, optimizer, scheduler, say: Callable[[str], None],
+           settings: dict) -> ckpt.TrainState:
     """Resume from --load if it holds a checkpoint, else take --pretrained-checkpoint's weights, else the
     seeded initialisation; says which in one line."""
     c = cfg.checkpoint
     if c.save:
         ckpt.write_hf_side_files(c.save, cfg.model)
     if c.load and has_checkpoint(c.load):
-        state = ckpt.load_training_checkpoint(c.load, model, optimizer, scheduler, cfg.parallel, say)
+        state = ckpt.load_training_checkpoint(
+            c.load, model, optimizer, scheduler, cfg.parallel, say, run_settings=settings,
+            overrides=set(c.override_checkpoint_settings),
+            schedule_flag=c.override_opt_param_scheduler or c.use_checkpoint_opt_param_scheduler)
         say(f"[megatron-redi] resumed from {iter_dir(Path(c.load), state.iteration)} at iteration "
             f"{state.iteration} ({state.consumed_samples} samples consumed)")
         return state
@@ -112,9 +138,13 @@ def pretrain(cfg: TrainConfig, model_provider: Callable, forward_step_func: Call
 
     model = build_ddp_model(model_provider, cfg.parallel)
     total_iters = total_iterations(cfg, len(examples))
-    optimizer, scheduler = build_optimizer(cfg.optimizer, [model], total_iters, bf16=cfg.model.bf16,
-                                           use_distributed_optimizer=cfg.parallel.use_distributed_optimizer)
-    state = _start(cfg, model, optimizer, scheduler, tqdm.write if log_rank else lambda _: None)
+    optimizer, scheduler = build_optimizer(
+        cfg.optimizer, [model], total_iters, bf16=cfg.model.bf16,
+        use_distributed_optimizer=cfg.parallel.use_distributed_optimizer,
+        override_scheduler=cfg.checkpoint.override_opt_param_scheduler,
+        use_checkpoint_scheduler=cfg.checkpoint.use_checkpoint_opt_param_scheduler)
+    settings = run_settings(cfg, len(examples), total_iters)
+    state = _start(cfg, model, optimizer, scheduler, tqdm.write if log_rank else lambda _: None, settings)
 
     sampler = GlobalBatchSampler(len(examples), cfg.data.global_batch_size, ps.get_data_parallel_rank(), dp,
                                  cfg.training.seed)
@@ -155,7 +185,8 @@ def pretrain(cfg: TrainConfig, model_provider: Callable, forward_step_func: Call
                    "micro_batches": len(batch.micro_batches)}
             logger.log(rec, tqdm.write)
             last = rec
-        if _checkpoint_and_should_stop(cfg, state, total_iters, signals, model, optimizer, scheduler, log_rank):
+        if _checkpoint_and_should_stop(cfg, state, total_iters, signals, model, optimizer, scheduler, log_rank,
+                                       settings):
             break
     bar.close()
     logger.close()
@@ -184,7 +215,7 @@ def _stop_if_not_finite(iteration: int, grad_norm, metrics: dict, dev) -> None:
 
 
 def _checkpoint_and_should_stop(cfg: TrainConfig, state: ckpt.TrainState, total_iters: int, signals,
-                                model, optimizer, scheduler, log_rank: bool) -> bool:
+                                model, optimizer, scheduler, log_rank: bool, settings: dict) -> bool:
     """Save at --save-interval, on a stop request (signal, --exit-interval) and at the end; True to stop."""
     c = cfg.checkpoint
     save_now = c.save and c.save_interval and state.iteration % c.save_interval == 0
@@ -192,7 +223,8 @@ def _checkpoint_and_should_stop(cfg: TrainConfig, state: ckpt.TrainState, total_
     stop = stop or bool(cfg.training.exit_interval and state.iteration % cfg.training.exit_interval == 0)
     if c.save and (save_now or stop or state.iteration == total_iters):
         path = ckpt.save_training_checkpoint(c, model, optimizer, scheduler, state, cfg.parallel,
-                                             {"loss_type": cfg.objective.loss_type, "seed": cfg.training.seed})
+                                             {"loss_type": cfg.objective.loss_type, "seed": cfg.training.seed,
+                                              "run": settings})
         if log_rank:
             tqdm.write(f"[megatron-redi] saved iteration {state.iteration} to {path}")
     if stop and log_rank:

@@ -21,7 +21,8 @@ def use_fused_adam(optimizer) -> None:
 
 
 def build_optimizer(cfg: OptimizerArgs, model_chunks: list, total_iters: int, *, bf16: bool = False,
-                    use_distributed_optimizer: bool = False, fused_adam: bool | None = None):
+                    use_distributed_optimizer: bool = False, fused_adam: bool | None = None,
+                    override_scheduler: bool = False, use_checkpoint_scheduler: bool = False):
     """megatron's optimizer over `model_chunks` and its LR scheduler for a run of `total_iters`.
 
     fused_adam None: fused on CUDA only. torch's CPU kernel rounds its vectorised body and scalar tail
@@ -59,5 +60,7 @@ def build_optimizer(cfg: OptimizerArgs, model_chunks: list, total_iters: int, *,
         end_wd=cfg.weight_decay,
         wd_incr_steps=max(total_iters, 1),
         wd_incr_style="constant",
+        override_opt_param_scheduler=override_scheduler,
+        use_checkpoint_opt_param_scheduler=use_checkpoint_scheduler,
     )
     return optimizer, scheduler

@@ -633,3 +633,15 @@ def test_signal_checkpoints_and_requeues(sig, tmp_path, fakes):
     else:  # scancel, or a preemption SLURM requeues itself: checkpoint, but do not requeue
         assert not (log / "scontrol.log").exists()
         assert "not requeueing" in err
+
+
+def test_recipes_use_the_project_environment_by_default(tmp_path, fakes):
+    """Right after ./scripts/setup_env.sh the recipes run with .venv's interpreter, not PATH's python."""
+    env = base_env(tmp_path, fakes, DRY_RUN=1)
+    del env["PYTHON"]
+    p = run(EX / R15 / "02_sft.sh", env)
+    assert p.returncode == 0, p.stderr
+    launch = next(line for line in p.stdout.splitlines() if line.startswith("DRY-RUN:"))
+    venv = ROOT / ".venv" / "bin" / "python"
+    want = str(venv) if venv.exists() else "python"
+    assert launch.split()[1] == want, launch

@@ -50,6 +50,23 @@ def _launch(args, log):
                             start_new_session=True)
 
 
+def _kill_all(p) -> None:
+    """The launcher and every worker (torchrun gives workers their own sessions; a stopped one needs
+    SIGKILL, which also ends a SIGSTOPped process)."""
+    import psutil
+
+    try:
+        procs = [psutil.Process(p.pid), *psutil.Process(p.pid).children(recursive=True)]
+    except psutil.NoSuchProcess:
+        procs = []
+    for proc in procs:
+        try:
+            proc.kill()
+        except psutil.NoSuchProcess:
+            pass
+    p.wait()
+
+
 def _wait_for(cond, timeout=120.0):
     import time
 
@@ -64,7 +81,6 @@ def _wait_for(cond, timeout=120.0):
 def test_frozen_peer_ends_the_run_within_the_distributed_timeout(tmp_path, data):
     """SIGSTOP one rank mid-run: the other leaves its collective after --distributed-timeout-minutes
     (6 s here), names the timeout and exits; nothing waits for the 10-minute default."""
-    import os
     import signal
     import time
 
@@ -84,14 +100,12 @@ def test_frozen_peer_ends_the_run_within_the_distributed_timeout(tmp_path, data)
         text = log.read_text()
         assert "[rank 0] error" in text or "[rank 1] error" in text, text[-3000:]
     finally:
-        os.killpg(p.pid, signal.SIGKILL)
-        p.wait()
+        _kill_all(p)
 
 
 def test_a_second_run_on_the_same_save_folder_stops_at_once(tmp_path, data):
     """Run A holds --save; run B with the same folder stops on every rank naming A's process; A goes on
     and, stopped by SIGTERM, leaves its own checkpoints intact."""
-    import os
     import signal
 
     import psutil
@@ -109,8 +123,7 @@ def test_a_second_run_on_the_same_save_folder_stops_at_once(tmp_path, data):
         psutil.Process(a.pid).children()[-1].send_signal(signal.SIGTERM)
         assert a.wait(timeout=120) == 0, log.read_text()[-3000:]
     finally:
-        if a.poll() is None:
-            os.killpg(a.pid, signal.SIGKILL)
+        _kill_all(a)
     done = complete_checkpoints(ck)
     assert done and done[-1] == len(read_jsonl(metrics)) and latest_iteration(ck) == done[-1]
 
@@ -122,7 +135,8 @@ def test_a_truncated_latest_checkpoint_falls_back_naming_the_file(tmp_path, data
 
     ck = tmp_path / "ck"
     full = _args(data, "--metrics-file", str(tmp_path / "full.jsonl"), "--save", str(ck), "--save-interval", "2")
-    torchrun(ROOT / "pretrain_redi.py", full, nproc=2)
+    p = torchrun(ROOT / "pretrain_redi.py", full, nproc=2)
+    assert all(f"saved iteration {i} to {ck / f'iter_{i:07d}'}" in p.stdout for i in (2, 4, 6)), p.stdout[-2000:]
     victim = ck / "iter_0000006" / "__0_0.distcp"
     victim.write_bytes(victim.read_bytes()[: victim.stat().st_size // 2])
     p = torchrun(ROOT / "pretrain_redi.py", _args(data, "--metrics-file", str(tmp_path / "resumed.jsonl"), "--load",
@@ -161,3 +175,34 @@ def test_a_save_that_cannot_be_written_gives_one_message_on_every_rank(tmp_path,
     _both_ranks_say(p, f"saving iteration 2 to {ck} failed (")
     assert "GiB free there" in p.stderr
     assert complete_checkpoints(ck) == [] and not list(ck.glob("iter_*"))
+
+
+def test_resume_refuses_changed_run_settings_unless_named(tmp_path, data):
+    """Saved at 3, resumed with another seed, global batch and lr, and with appended data: one error on
+    every rank listing each difference; naming them (and Megatron's scheduler flag) resumes."""
+    ck = tmp_path / "ck"
+    torchrun(ROOT / "pretrain_redi.py", _args(data, "--save", str(ck), "--exit-interval", "3"), nproc=2)
+    more = tmp_path / "more.jsonl"
+    more.write_text(data.read_text() + (SAMPLE / "pairs.jsonl").read_text().splitlines()[40] + "\n")
+    changed = ["--load", str(ck), "--seed", "7", "--global-batch-size", "4", "--lr", "2e-3"]
+    p = torchrun(ROOT / "pretrain_redi.py", _args(more, *changed), nproc=2, check=False)
+    _both_ranks_say(p, "was saved by a run with other settings")
+    for part in ("seed: checkpoint 42, now 7", "global_batch_size: checkpoint 8, now 4", "lr: checkpoint 0.001",
+                 "num_examples: checkpoint 32, now 33", "data_sha: checkpoint"):
+        assert part in p.stderr, (part, p.stderr[-3000:])
+    assert "--override-checkpoint-settings data_sha global_batch_size lr num_examples seed" in p.stderr
+    ok = [*changed, "--override-checkpoint-settings", "seed", "global_batch_size", "data_sha", "num_examples",
+          "--override-opt_param-scheduler"]
+    p = torchrun(ROOT / "pretrain_redi.py", _args(more, *ok), nproc=2)
+    assert "resuming with changed settings, as asked" in p.stdout and "at iteration 3" in p.stdout
+
+
+def test_load_of_a_missing_folder_is_an_error_and_an_empty_one_starts_fresh(tmp_path, data):
+    p = torchrun(ROOT / "pretrain_redi.py", _args(data, "--load", str(tmp_path / "typo")), nproc=1, check=False)
+    assert p.returncode == 2 and f"--load {tmp_path / 'typo'} does not exist" in p.stderr
+    (tmp_path / "empty").mkdir()
+    p = torchrun(ROOT / "pretrain_redi.py", _args(data, "--load", str(tmp_path / "empty"), "--train-iters", "1"),
+                 nproc=1)
+    assert f"--load {tmp_path / 'empty'} holds no checkpoint yet: starting a new run" in p.stdout
+    # megatron-core's import-time notices about TE / Apex are not repeated on every rank
+    assert "not installed" not in p.stderr and "Warning" not in p.stderr, p.stderr[-2000:]
