@@ -1,4 +1,4 @@
-"""Chat-template tokenisation with the reference code's completion boundary (REDI.md).
+"""Chat-template tokenisation with the reference code's completion boundary (docs/REDI.md).
 
 prompt     = template(system + user turns, add_generation_prompt=True)   (ends "<|im_start|>assistant\\n")
 completion = template(full)[len(prompt):] + EOS                        ("{generation}<|im_end|>\\n" + EOS)

@@ -1,4 +1,4 @@
-"""The four objectives as pure functions of per-document log-prob sums and lengths (REDI.md).
+"""The four objectives as pure functions of per-document log-prob sums and lengths (docs/REDI.md).
 
 They never see tokens. Sums are log pi(y|x) summed over completion tokens; lengths are completion
 token counts (clamped to >= 1). Each returns the per-pair (or per-document) loss; the caller weights

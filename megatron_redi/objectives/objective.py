@@ -97,7 +97,7 @@ class _Paired(Objective):
 
 
 class REDI(_Paired):
-    """-w logp(y_w)/|y_w| + alpha logp(y_l)/|y_l| (REDI.md, reference-free, linear in log-probs)."""
+    """-w logp(y_w)/|y_w| + alpha logp(y_l)/|y_l| (docs/REDI.md, reference-free, linear in log-probs)."""
 
     linear = True
 

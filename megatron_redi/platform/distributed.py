@@ -15,6 +15,7 @@ import torch
 import torch.distributed as dist
 
 from megatron_redi.platform.cpu_patches import apply_cpu_patches
+from megatron_redi.platform.process import children_die_with_parent
 
 
 @dataclass
@@ -132,6 +133,7 @@ def run_main(main: Callable[[], object]) -> None:
     (REDI_TRACEBACK=1 adds the traceback). Otherwise the process groups are torn down and an int
     result becomes the exit code."""
     quiet_known_warnings()
+    children_die_with_parent()
     try:
         result = main()
     except (ValueError, FileNotFoundError, RuntimeError) as e:

@@ -6,7 +6,7 @@ import json
 
 
 class TokenLengths:
-    """Token counts as the trainer sees them (REDI.md): prompt = chat-templated system + user turns + the
+    """Token counts as the trainer sees them (docs/REDI.md): prompt = chat-templated system + user turns + the
     generation prompt; response = the templated assistant turn (`{generation}<|im_end|>\\n`) + one EOS.
 
     The template is rendered once around sentinels and the pieces are reused, so each text is tokenized
