@@ -1,6 +1,6 @@
 """Turn raw teacher generations (OpenR1-Math-Raw schema) into the paper's SFT set and REDI pair set.
 
-Rules (docs/REDI.md, "Data"), applied per problem in this order, each switchable through `BuilderConfig`:
+Rules (docs/DATA.md), applied per problem in this order, each switchable through `BuilderConfig`:
   1. the row is well formed (required fields present with the right types),
   2. `problem_is_valid == "yes"`,
   3. `source != "cn_k12"`,

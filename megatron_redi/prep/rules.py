@@ -1,4 +1,4 @@
-"""The paper's row rules (docs/REDI.md, "Data") as small pure functions, each testable alone.
+"""The paper's row rules (docs/DATA.md) as small pure functions, each testable alone.
 
 Applied per problem by :mod:`megatron_redi.prep.builder` in this order: the row is well formed, its problem
 is valid, its source is allowed, both label lists have one entry per generation, no generation is empty;
