@@ -3,7 +3,7 @@
 QWEN25_MATH_SYSTEM_PROMPT = "Please reason step by step, and put your final answer within \\boxed{}."
 
 # Jinja template in the ChatML format used by Qwen2.5-Math: a default system prompt is injected
-# when the conversation has none (docs/REDI.md, "Chat template").
+# when the conversation has none (docs/REDI.md).
 QWEN25_MATH_CHAT_TEMPLATE = (
     "{%- if messages[0]['role'] == 'system' %}"
     "{{- '<|im_start|>system\\n' + messages[0]['content'] + '<|im_end|>\\n' }}"
