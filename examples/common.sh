@@ -105,9 +105,20 @@ has_checkpoint() {
   return 1
 }
 
+# newest_checkpoint SAVE: the name of the newest complete iter_* folder in SAVE (empty if none)
+newest_checkpoint() {
+  local d newest=
+  for d in "$1"/iter_[0-9][0-9][0-9][0-9][0-9][0-9][0-9]; do
+    [[ -f $d/redi_meta.json ]] && newest="${d##*/}"
+  done
+  printf '%s' "$newest"
+}
+
 # init_or_resume SAVE INIT: INIT_ARGS = --load SAVE when SAVE already holds a checkpoint (a requeued or
 # rerun job continues where it stopped), else --pretrained-checkpoint INIT (weights only, fresh optimizer).
 init_or_resume() {
+  REDI_SAVE="$1"
+  REDI_CKPT_BEFORE="$(newest_checkpoint "$1")"
   if has_checkpoint "$1"; then
     note "resuming from the newest complete checkpoint in $1"
     INIT_ARGS=(--load "$1")
@@ -261,7 +272,13 @@ _slurm_run() {
   ((rc == 0)) || die "job step failed with exit code $rc"
 }
 
+# A signal stopped the step. Whether to requeue follows from the checkpoint on disk, not from the step's exit
+# code (torchrun exits 1 after its workers saved and exited 0 on SIGTERM): requeue only when a checkpoint
+# newer than the one this job started from was written; otherwise stop with an error so no job loops.
 _stopped() {
+  if [[ -n ${REDI_SAVE:-} && "$(newest_checkpoint "$REDI_SAVE")" == "${REDI_CKPT_BEFORE:-}" ]]; then
+    die "stopped by a signal (step exit code $1) but no new checkpoint appeared in $REDI_SAVE: not requeueing; see the step's log"
+  fi
   if ((REDI_REQUEUE)); then
     note "stopped at the time-limit warning (step exit code $1): requeueing job $SLURM_JOB_ID; it resumes from the newest checkpoint"
     scontrol requeue "$SLURM_JOB_ID" ||

@@ -84,7 +84,13 @@ exit $rc
 FAKE_TRAINER = """#!/usr/bin/env bash
 out="$FAKE_LOG/rank${RANK:-x}"
 echo "start RANK=$RANK LOCAL_RANK=$LOCAL_RANK WORLD_SIZE=$WORLD_SIZE MASTER=$MASTER_ADDR:$MASTER_PORT $*" > "$out"
-trap 'echo saved >> "$out"; exit 0' TERM USR1
+save=""; prev=""
+for a in "$@"; do [[ $prev == --save ]] && save=$a; prev=$a; done
+trap 'echo saved >> "$out"
+if [[ -n $save && ${RANK:-0} == 0 && -z ${FAKE_NO_SAVE:-} ]]; then
+  mkdir -p "$save/iter_0000007" && echo "{}" > "$save/iter_0000007/redi_meta.json"
+fi
+exit ${FAKE_STOP_RC:-0}' TERM USR1
 for _ in $(seq 300); do sleep 0.1; done
 echo finished >> "$out"
 """
@@ -597,15 +603,21 @@ def test_missing_model_and_inputs(tmp_path, fakes):
 # ranks save and exit 0, the job requeues itself
 
 
-@pytest.mark.parametrize("sig", [signal.SIGUSR1, signal.SIGTERM], ids=["USR1", "TERM"])
-def test_signal_checkpoints_and_requeues(sig, tmp_path, fakes):
+@pytest.mark.parametrize("sig,stop_rc,saves", [(signal.SIGUSR1, 0, True), (signal.SIGTERM, 0, True),
+                                               (signal.SIGUSR1, 1, True), (signal.SIGUSR1, 0, False)],
+                         ids=["USR1", "TERM", "USR1-step-rc1", "USR1-no-checkpoint"])
+def test_signal_checkpoints_and_requeues(sig, stop_rc, saves, tmp_path, fakes):
+    """Requeue follows the checkpoint on disk: a step that saved requeues whatever its exit code (torchrun
+    exits 1 after a SIGTERM its workers handled); a step that saved nothing is an error, never a loop."""
     model, data = tmp_path / "model", tmp_path / "data"
     model.mkdir()
     (model / "config.json").write_text("{}")
     data.mkdir()
     (data / "pairs.jsonl").write_text("{}\n")
     env = base_env(tmp_path, fakes, HF_MODEL=model, PYTHON=fakes / "bin" / "trainer", GPUS_PER_NODE=2,
-                   FAKE_HOSTS="localhost other", **slurm_env(1))
+                   FAKE_HOSTS="localhost other", FAKE_STOP_RC=stop_rc, **slurm_env(1))
+    if not saves:
+        env["FAKE_NO_SAVE"] = "1"
     (Path(env["WORK_DIR"]) / "checkpoints" / "sft-5ep").mkdir(parents=True)
     log = Path(env["FAKE_LOG"])
     proc = subprocess.Popen(["bash", str(EX / R15 / "03_redi.sbatch")], env=env, cwd=ROOT,
@@ -621,6 +633,10 @@ def test_signal_checkpoints_and_requeues(sig, tmp_path, fakes):
     finally:
         if proc.poll() is None:
             proc.kill()
+    if not saves:
+        assert proc.returncode != 0 and "no new checkpoint appeared" in err, err
+        assert not (log / "scontrol.log").exists()
+        return
     assert proc.returncode == 0, err
     for r in (0, 1):
         lines = (log / f"rank{r}").read_text().splitlines()
