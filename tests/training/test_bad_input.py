@@ -114,3 +114,11 @@ def test_tokenizer_larger_than_the_model_is_refused_on_every_rank(tmp_path, voca
              "--output", str(tmp_path / "o.jsonl"), "--no-progress"]
     p = torchrun(ROOT / "tools" / "score_reference.py", score, nproc=1, check=False)
     assert p.returncode == 2 and f"--tokenizer-model {TINY} can emit token id 383" in p.stderr, p.stderr[-2000:]
+
+
+def test_empty_data_file_is_named(tmp_path):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    args = BASE.copy()
+    args[5] = str(empty)
+    _fails(tmp_path, args, 2, f"--data-path {empty}: no example is left to train on (the files hold no rows)")
