@@ -333,8 +333,15 @@ def test_determinism_and_seed(tmp_path: Path) -> None:
     sft_a = _read_jsonl(tmp_path / "a" / "sft.jsonl")
     assert sorted(r["uuid"] for r in sft_a) == sorted(r["uuid"] for r in sft_c)
     assert [r["uuid"] for r in sft_a] != [r["uuid"] for r in sft_c]
-    # The order is the seeded hash of the input position, the same permutation for both sets.
-    order = {u: shuffle_key(7, 0, row) for row, u in enumerate(_all_uuids_by_row())}
+    # The order is the seeded hash of the input position, the same permutation for both sets; the
+    # expected order is computed here from the documented key (blake2b-64 of "seed/file/row"), not
+    # with the builder's own function.
+    def key(seed, file_index, row):
+        import hashlib
+
+        return int.from_bytes(hashlib.blake2b(f"{seed}/{file_index}/{row}".encode(), digest_size=8).digest(), "big")
+
+    order = {u: key(7, 0, row) for row, u in enumerate(_all_uuids_by_row())}
     assert [r["uuid"] for r in sft_a] == sorted(DEFAULT_SFT, key=order.__getitem__)
     pairs_a = _read_jsonl(tmp_path / "a" / "pairs.jsonl")
     assert [r["uuid"] for r in pairs_a] == sorted(DEFAULT_PAIRS, key=order.__getitem__)
