@@ -63,16 +63,22 @@ def dpo_loss(chosen_sum, rejected_sum, ref_chosen, ref_rejected, beta: float = 0
 
 def pair_metrics(cfg: ObjectiveConfig, chosen_sum, chosen_len, rejected_sum, rejected_len,
                  ref_chosen=None, ref_rejected=None) -> dict[str, torch.Tensor]:
-    """Per-pair statistics summed over pairs (the caller divides by the global pair count)."""
+    """Per-pair statistics summed over pairs (the caller divides by the global pair count).
+
+    Every objective: `chosen_logp` / `rejected_logp`, the per-token mean log-prob of each side. DPO
+    (with reference log-probs): TRL's implicit-reward metrics `rewards/chosen`, `rewards/rejected`
+    (beta * (logp - ref_logp), summed log-probs), `rewards/margins` and `rewards/accuracies`. The
+    reference-free objectives: `margin`, the gap of per-token mean log-probs, and `pair_accuracy`, the
+    share of pairs where it is > 0. Different quantities, different names (docs/REDI.md)."""
     cavg = chosen_sum / chosen_len.clamp(min=1)
     ravg = rejected_sum / rejected_len.clamp(min=1)
+    out = {"chosen_logp": cavg.sum(), "rejected_logp": ravg.sum()}
     if cfg.loss_type == "dpo" and ref_chosen is not None:
-        margin = cfg.dpo_beta * ((chosen_sum - ref_chosen) - (rejected_sum - ref_rejected))
-    else:
-        margin = cavg - ravg
-    return {
-        "chosen_logp": cavg.sum(),
-        "rejected_logp": ravg.sum(),
-        "margin": margin.sum(),
-        "pair_accuracy": (margin > 0).float().sum(),
-    }
+        rc = cfg.dpo_beta * (chosen_sum - ref_chosen)
+        rr = cfg.dpo_beta * (rejected_sum - ref_rejected)
+        out.update({"rewards/chosen": rc.sum(), "rewards/rejected": rr.sum(), "rewards/margins": (rc - rr).sum(),
+                    "rewards/accuracies": (rc - rr > 0).float().sum()})
+        return out
+    margin = cavg - ravg
+    out.update({"margin": margin.sum(), "pair_accuracy": (margin > 0).float().sum()})
+    return out

@@ -29,7 +29,8 @@ def read_metrics(path: str | Path) -> list[dict]:
 
 
 def table(records: list[dict], keys: tuple[str, ...] = ("loss", "chosen_logp", "rejected_logp", "margin",
-                                                           "pair_accuracy", "grad_norm", "lr"),
+                                                           "pair_accuracy", "rewards/margins",
+                                                           "rewards/accuracies", "grad_norm", "lr"),
           max_rows: int = 12) -> str:
     keys = tuple(k for k in keys if any(r.get(k) is not None for r in records))
     step = max(1, len(records) // max_rows)

@@ -70,6 +70,7 @@ class MetricsLogger:
                     self.tb.add_scalar(f"train/{k}", v, record["iteration"])
         parts = [f"iter {record['iteration']}"]
         for k in ("loss", "lr", "grad_norm", "chosen_logp", "rejected_logp", "margin", "pair_accuracy",
+                  "rewards/margins", "rewards/accuracies",
                   "tokens_per_sec", "tflops_per_gpu", "mfu"):
             if record.get(k) is not None:
                 v = record[k]

@@ -118,9 +118,14 @@ def test_pair_metrics_by_hand_for_dpo():
     cl, rl = torch.tensor([1.0, 2.0]), torch.tensor([4.0, 1.0])
     refc, refr = torch.tensor([-2.0, -4.0]), torch.tensor([-6.0, -1.0])
     m = pair_metrics(ObjectiveConfig(loss_type="dpo", dpo_beta=0.5), cs, cl, rs, rl, refc, refr)
-    # margins: 0.5 * ((-1 + 2) - (-8 + 6)) = 1.5 and 0.5 * ((-6 + 4) - (-3 + 1)) = 0
-    close(m["margin"], 1.5)
-    close(m["pair_accuracy"], 1.0)
+    # rewards: chosen 0.5 * (-1 + 2) = 0.5 and 0.5 * (-6 + 4) = -1; rejected 0.5 * (-8 + 6) = -1 and
+    # 0.5 * (-3 + 1) = -1; margins 1.5 and 0 (TRL's names for DPO's implicit rewards)
+    assert set(m) == {"chosen_logp", "rejected_logp", "rewards/chosen", "rewards/rejected", "rewards/margins",
+                      "rewards/accuracies"}
+    close(m["rewards/chosen"], 0.5 - 1.0)
+    close(m["rewards/rejected"], -1.0 - 1.0)
+    close(m["rewards/margins"], 1.5)
+    close(m["rewards/accuracies"], 1.0)
     close(m["chosen_logp"], -4.0)
     close(m["rejected_logp"], -5.0)
     # without references DPO's metrics fall back to the length-normalised margin
@@ -157,8 +162,8 @@ def test_dpo_objective_loss_and_metrics_by_hand():
     # DPO margins 1.5 and 0 (see test_pair_metrics_by_hand_for_dpo)
     close(loss, (softplus(-1.5) + math.log(2.0)) / 4)
     close(m["loss"], float(loss))
-    close(m["margin"], 1.5 / 4)
-    close(m["pair_accuracy"], 1.0 / 4)
+    close(m["rewards/margins"], 1.5 / 4)
+    close(m["rewards/accuracies"], 1.0 / 4)
 
 
 def test_dpo_without_references_names_the_missing_columns():

@@ -64,7 +64,9 @@ def test_dpo_from_its_own_reference_starts_at_ln2(tmp_path):
     assert list((tmp_path / "tb").glob("events.out.tfevents.*"))  # TensorBoard scalars were written
     rec = read_jsonl(metrics)[0]
     assert math.isclose(rec["loss"], math.log(2), rel_tol=1e-6)
-    assert abs(rec["margin"]) < 1e-9
+    # TRL's names for DPO's implicit rewards; against its own reference every reward is 0
+    assert abs(rec["rewards/margins"]) < 1e-9 and abs(rec["rewards/chosen"]) < 1e-9
+    assert rec["rewards/accuracies"] == 0.0 and "margin" not in rec
 
 
 def test_scorer_has_its_own_flags(capsys):
