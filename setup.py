@@ -29,7 +29,8 @@ setup(
     extras_require={
         # GPU-only: never installed on CPU machines (TE metapackage breaks `import megatron.core`,
         # vLLM pins a CUDA torch). NVIDIA apex is not on PyPI; build it from source on GPU hosts.
-        "gpu": ["transformer-engine[pytorch]>=2.4", "vllm>=0.8"],
+        # liger-kernel: Triton kernels (CUDA only) for --liger-kernels and the benchmark's paper baseline
+        "gpu": ["transformer-engine[pytorch]>=2.4", "vllm>=0.8", "liger-kernel==0.8.5"],
         "dev": ["pytest", "pytest-xdist", "ruff", "trl==1.16.0", "dashscope==2.0.2"],
     },
 )

@@ -46,3 +46,41 @@ def torchrun(script: str | Path, args: list[str], nproc: int = 2, timeout: int =
 
 def read_jsonl(path: str | Path) -> list[dict]:
     return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+def launch_trainer(args: list[str], log: str | Path, nproc: int = 2) -> subprocess.Popen:
+    """pretrain_redi.py under torchrun in the background, output to `log` (for kill / signal tests)."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}", f"--master-port={free_port()}",
+           str(ROOT / "pretrain_redi.py"), *args]
+    return subprocess.Popen(cmd, cwd=ROOT, env=env(), stdout=open(log, "w"), stderr=subprocess.STDOUT,
+                            start_new_session=True)
+
+
+def wait_for(cond, timeout: float = 120.0) -> bool:
+    """Poll `cond()` every 0.2 s until it holds (True) or `timeout` seconds pass (False)."""
+    import time
+
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        if cond():
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def kill_all(p: subprocess.Popen) -> None:
+    """The launcher and every worker (torchrun gives workers their own sessions; SIGKILL also ends a
+    SIGSTOPped one)."""
+    import psutil
+
+    try:
+        procs = [psutil.Process(p.pid), *psutil.Process(p.pid).children(recursive=True)]
+    except psutil.NoSuchProcess:
+        procs = []
+    for proc in procs:
+        try:
+            proc.kill()
+        except psutil.NoSuchProcess:
+            pass
+    p.wait()
+    psutil.wait_procs(procs, timeout=30)

@@ -39,17 +39,23 @@ class TruncationStats:
     sequences_truncated: int = 0
 
 
-def load_tokenizer(path: str | Path):
-    """A local HF tokenizer folder; it must carry a chat template and an EOS token."""
+def open_tokenizer(path: str | Path, flag: str = "--tokenizer-model"):
+    """A local HF tokenizer folder (FileNotFoundError naming `flag` and the folder otherwise)."""
     from transformers import AutoTokenizer
 
     p = Path(path)
     if not p.is_dir():
-        raise FileNotFoundError(f"--tokenizer-model: {p} is not a directory holding an HF tokenizer")
+        raise FileNotFoundError(f"{flag}: {p} is not a directory holding an HF tokenizer")
     try:
-        tok = AutoTokenizer.from_pretrained(str(p), local_files_only=True)
+        return AutoTokenizer.from_pretrained(str(p), local_files_only=True)
     except Exception as e:  # transformers raises many types here
-        raise FileNotFoundError(f"--tokenizer-model: cannot load a tokenizer from {p}: {e}") from e
+        raise FileNotFoundError(f"{flag}: cannot load a tokenizer from {p}: {e}") from e
+
+
+def load_tokenizer(path: str | Path):
+    """A local HF tokenizer folder for training; it must carry a chat template and an EOS token."""
+    p = Path(path)
+    tok = open_tokenizer(p)
     if not getattr(tok, "chat_template", None):
         raise ValueError(f"--tokenizer-model: {p} has no chat template (tokenizer_config.json "
                          f"'chat_template' or chat_template.jinja); add one or use a Qwen2.5 tokenizer")

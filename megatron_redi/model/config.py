@@ -132,7 +132,9 @@ class ModelBuildConfig:
     fp8_format: str | None = None
     fp8_recipe: str = "delayed"
     first_last_layers_bf16: bool = False
-    logprob_chunk_size: int = 1024
+    logprob_chunk_size: int = 0  # tokens per chunk of the log-prob kernel; 0: from a byte budget
+    # Liger-Kernel's Triton kernels for the local spec ("rms_norm", "swiglu"); GPU only (model.liger)
+    liger_kernels: tuple[str, ...] = ()
     # fast_init: megatron's own (device-side) initialisation instead of the layout-independent one;
     # for benchmarks and for runs that load a checkpoint anyway
     fast_init: bool = False

@@ -84,7 +84,7 @@ class RediGPTModel(GPTModel):
     """With `labels` given, the last stage returns log p(labels) [b, s] in fp32, computed chunk by
     chunk from the final hidden states (objectives.logprobs); logits never exist in full."""
 
-    def __init__(self, *args, true_vocab_size: int, logprob_chunk_size: int = 1024,
+    def __init__(self, *args, true_vocab_size: int, logprob_chunk_size: int = 0,
                  transformer_impl: str = "local", **kwargs):
         super().__init__(*args, **kwargs)
         self.true_vocab_size = true_vocab_size

@@ -8,6 +8,7 @@ import torch
 
 from megatron_redi.model.config import ModelBuildConfig, Qwen2Shape, transformer_config
 from megatron_redi.model.gpt import RediGPTModel
+from megatron_redi.model.liger import check_liger_request
 from megatron_redi.model.specs import final_norm_spec, layer_spec, resolve_impl
 from megatron_redi.platform.gpu_features import check_fp8_request
 
@@ -26,9 +27,10 @@ def build_model(shape: Qwen2Shape, build: ModelBuildConfig, *, seed: int = 1234,
     if impl != "transformer_engine" and "layernorm" in (build.recompute_modules or ()):
         raise RuntimeError("--recompute-modules layernorm needs Transformer Engine (megatron-core's "
                            "output-discarding checkpoint reads TE's FP8 state); without TE use mlp")
+    check_liger_request(build.liger_kernels, impl)
     cfg = transformer_config(shape, build)
-    spec = layer_spec(impl)
-    norm = final_norm_spec(impl)
+    spec = layer_spec(impl, build.liger_kernels)
+    norm = final_norm_spec(impl, build.liger_kernels)
     if norm is not None:
         # our RMSNorm also for the final norm (megatron's default torch norm refuses SP)
         spec = TransformerBlockSubmodules(layer_specs=[spec] * get_num_layers_to_build(cfg, vp_stage),

@@ -4,20 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from megatron_redi.data.tokenize import open_tokenizer
 from megatron_redi.model.config import Qwen2Shape
 
 
 def tokenizer_max_id(tokenizer_dir: str | Path, flag: str = "--tokenizer-model") -> tuple[int, int]:
     """(largest id the tokenizer can emit, special tokens included; its vocabulary size)."""
-    from transformers import AutoTokenizer
-
-    p = Path(tokenizer_dir)
-    if not p.is_dir():
-        raise FileNotFoundError(f"{flag}: {p} is not a directory holding an HF tokenizer")
-    try:
-        tok = AutoTokenizer.from_pretrained(str(p), local_files_only=True)
-    except Exception as e:  # transformers raises many types here
-        raise FileNotFoundError(f"{flag}: cannot load a tokenizer from {p}: {e}") from e
+    tok = open_tokenizer(tokenizer_dir, flag)
     ids = [len(tok) - 1, *(i for i in tok.all_special_ids if i is not None)]
     return max(ids), len(tok)
 

@@ -48,7 +48,9 @@ def _chunk_grads(h, weight, expd, norm, labels, g, vocab_start, grad_w):
     if grad_w.dtype == grad_logits.dtype:
         grad_w.addmm_(grad_logits.t(), h)  # no [v, h] temporary
     else:
-        grad_w += torch.matmul(grad_logits.t(), h).float()
+        # fp32 accumulator, bf16 GEMM: add the GEMM's output in place (type-promoting add), no fp32
+        # [v, h] copy of it. Fewer, larger chunks (auto chunk size) make this pass rarer.
+        grad_w.add_(torch.matmul(grad_logits.t(), h))
     return torch.matmul(grad_logits, weight)
 
 
@@ -62,6 +64,23 @@ def _masked_logits(h, weight, vocab_start, true_vocab):
     if true_vocab < vocab_start + weight.shape[0]:
         logits[:, max(true_vocab - vocab_start, 0):] = float("-inf")
     return logits
+
+
+# Bytes the chunk buffers may take at once when the chunk size is automatic (chunk_size 0).
+LOGPROB_CHUNK_BUDGET_BYTES = 3 << 30
+CHUNK_MULTIPLE = 256  # GEMM-friendly row count
+
+
+def auto_chunk_size(tokens: int, vocab_local: int, dtype: torch.dtype, budget_bytes: int | None = None) -> int:
+    """Tokens per chunk so that one chunk's buffers fit `budget_bytes`: per logit the fp32 logits
+    (exponentiated in place), the GEMM's output in the weight dtype before the fp32 cast, and the
+    gradient logits in the weight dtype. A multiple of 256 (at least 256), never more than `tokens`
+    (one chunk when the whole sequence fits). Larger chunks mean fewer passes over the [v, h] weight
+    gradient; the logits' elementwise work is the same for any chunk size."""
+    budget = LOGPROB_CHUNK_BUDGET_BYTES if budget_bytes is None else budget_bytes
+    per_row = vocab_local * (4 + 2 * torch.empty((), dtype=dtype).element_size())
+    rows = max(budget // per_row // CHUNK_MULTIPLE * CHUNK_MULTIPLE, CHUNK_MULTIPLE)
+    return max(min(rows, tokens), 1)
 
 
 # how many backward passes used the single-pass gradients vs recomputation (for tests and benchmarks)
@@ -137,14 +156,17 @@ class _ChunkedLogprob(torch.autograd.Function):
 
 
 def vocab_parallel_logprobs(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, *,
-                            true_vocab_size: int, chunk_size: int = 1024, sequence_parallel: bool = False,
+                            true_vocab_size: int, chunk_size: int = 0, sequence_parallel: bool = False,
                             token_weights: torch.Tensor | None = None) -> torch.Tensor:
     """log p(label_t | prefix) for hidden [s, b, h] (output of the final norm) -> [s, b] fp32.
 
     `weight` is this TP rank's [v_local, h] slice of the output (or tied embedding) matrix.
     `token_weights` [s, b]: the expected d loss / d logp per token, when known before the forward
     (linear objectives); enables the single-pass gradient (see `_ChunkedLogprob`).
+    `chunk_size` 0: automatic, from `LOGPROB_CHUNK_BUDGET_BYTES` (`auto_chunk_size`); > 0: that many tokens.
     """
+    if chunk_size < 0:
+        raise ValueError(f"chunk_size must be >= 0 (0: automatic), got {chunk_size}")
     from megatron.core import parallel_state, tensor_parallel
 
     group = parallel_state.get_tensor_model_parallel_group()
@@ -159,6 +181,8 @@ def vocab_parallel_logprobs(hidden: torch.Tensor, weight: torch.Tensor, labels: 
     vocab_start = parallel_state.get_tensor_model_parallel_rank() * weight.shape[0]
     flat_labels = labels.reshape(-1)  # labels are [s, b], like hidden
     tw = token_weights.reshape(-1) if token_weights is not None else None
+    if chunk_size == 0:
+        chunk_size = auto_chunk_size(s * b, weight.shape[0], weight.dtype)
     out = _ChunkedLogprob.apply(hidden.reshape(s * b, h), weight, flat_labels, chunk_size, vocab_start,
                                 true_vocab_size, group if tp_size > 1 else None, tw)
     return out.view(s, b)

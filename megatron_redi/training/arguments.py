@@ -49,7 +49,12 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--fp8-format", choices=["e4m3", "hybrid"], default=None)
     g.add_argument("--fp8-recipe", choices=["delayed", "tensorwise", "blockwise", "mxfp8"], default="delayed")
     g.add_argument("--first-last-layers-bf16", action="store_true")
-    g.add_argument("--logprob-chunk-size", type=int, default=1024)
+    g.add_argument("--logprob-chunk-size", type=int, default=0,
+                   help="tokens per chunk of the LM head's log-prob kernel; 0 (default): the largest multiple "
+                        "of 256 whose logits fit a 3 GiB budget")
+    g.add_argument("--liger-kernels", nargs="+", choices=["rms_norm", "swiglu"], default=None,
+                   help="Liger-Kernel Triton kernels in the local spec (CUDA + liger-kernel only; refused "
+                        "elsewhere): rms_norm (every RMSNorm), swiglu (the MLP's activation)")
 
 
 def add_data_args(p: argparse.ArgumentParser, *, global_batch: bool = True) -> None:

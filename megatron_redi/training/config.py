@@ -34,7 +34,8 @@ class ModelArgs:
     fp8_format: str | None = None
     fp8_recipe: str = "delayed"
     first_last_layers_bf16: bool = False
-    logprob_chunk_size: int = 1024  # tokens per chunk of the LM head's log-prob kernel
+    logprob_chunk_size: int = 0  # tokens per chunk of the LM head's log-prob kernel; 0: from a byte budget
+    liger_kernels: list[str] | None = None  # Liger-Kernel Triton kernels (local spec, GPU only)
     recompute_granularity: str | None = None  # None | full | selective
     recompute_modules: list[str] | None = None
 
@@ -43,8 +44,8 @@ class ModelArgs:
             raise ValueError(f"--recompute-modules {' '.join(self.recompute_modules)} needs --recompute-granularity "
                              f"selective, got {self.recompute_granularity} (full recompute already covers every "
                              f"module)")
-        if self.logprob_chunk_size < 1:
-            raise ValueError(f"--logprob-chunk-size must be >= 1, got {self.logprob_chunk_size}")
+        if self.logprob_chunk_size < 0:
+            raise ValueError(f"--logprob-chunk-size must be >= 0 (0: automatic), got {self.logprob_chunk_size}")
 
     def shape(self) -> Qwen2Shape:
         """The Qwen2 shape from --model-config with --rope-theta / --max-position-embeddings applied."""
@@ -66,6 +67,7 @@ class ModelArgs:
             fp8_recipe=self.fp8_recipe,
             first_last_layers_bf16=self.first_last_layers_bf16,
             logprob_chunk_size=self.logprob_chunk_size,
+            liger_kernels=tuple(self.liger_kernels or ()),
         )
 
 

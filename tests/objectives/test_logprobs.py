@@ -13,7 +13,7 @@ from megatron_redi.objectives.objective import build_objective
 from tests.helpers_dist import TINY
 
 
-@pytest.mark.parametrize("chunk", [1, 7, 64])
+@pytest.mark.parametrize("chunk", [0, 1, 7, 64])  # 0: automatic (here one chunk: the budget holds it all)
 @pytest.mark.parametrize("mode", ["recompute", "fused", "fused_mismatch"])
 def test_chunked_logprobs_values_and_grads(megatron_world, chunk, mode):
     """recompute: plain backward. fused: gradients made in the forward from the announced per-token
@@ -150,3 +150,58 @@ def test_fused_gradients_survive_a_second_backward(megatron_world):
     first = w.grad.clone()
     (out * g * 2).sum().backward()
     assert torch.allclose(w.grad, 2 * first, atol=1e-10)
+
+
+def test_auto_chunk_size_from_the_byte_budget():
+    """Per logit: fp32 logits + the GEMM output and the gradient logits in the weight dtype. Qwen's
+    151,936-row vocabulary in a 3 GiB budget: 2560 tokens in bf16 (8 B per logit), 1536 in fp32
+    (12 B); rounded down to a multiple of 256, at least 256, never more than the tokens there are."""
+    from megatron_redi.objectives.logprobs import LOGPROB_CHUNK_BUDGET_BYTES, auto_chunk_size
+
+    assert LOGPROB_CHUNK_BUDGET_BYTES == 3 << 30
+    assert auto_chunk_size(40000, 151936, torch.bfloat16) == 2560
+    assert auto_chunk_size(40000, 151936, torch.float32) == 1536
+    assert auto_chunk_size(40000, 151936 // 2, torch.bfloat16) == 5120  # TP2: half the vocab per rank
+    assert auto_chunk_size(1000, 151936, torch.bfloat16) == 1000  # all of it in one chunk
+    assert auto_chunk_size(40000, 151936, torch.bfloat16, budget_bytes=1) == 256
+    assert auto_chunk_size(40000, 1000, torch.bfloat16, budget_bytes=8000 * 700) == 512
+
+
+@pytest.mark.parametrize("mode", ["recompute", "fused"])
+def test_auto_chunk_splits_when_the_budget_is_small(megatron_world, monkeypatch, mode):
+    """chunk_size 0 with a budget of 300 rows' logits: 256-token chunks over 600 tokens (3 chunks,
+    the last one short), bf16 weights with the fp32 weight-gradient accumulator (the in-place
+    type-promoting add): values and gradients equal the full-logits reference in float64, to bf16's
+    rounding."""
+    from megatron_redi.objectives import logprobs
+
+    torch.manual_seed(0)
+    s, b, h, v = 300, 2, 16, 24
+    monkeypatch.setattr(logprobs, "LOGPROB_CHUNK_BUDGET_BYTES", v * 8 * 300)
+    assert logprobs.auto_chunk_size(s * b, v, torch.bfloat16) == 256
+    hid = torch.randn(s, b, h).bfloat16().requires_grad_()
+    w = (0.5 * torch.randn(v, h)).bfloat16().requires_grad_()
+    labels = torch.randint(0, v, (s, b))
+    g = torch.randn(s, b)
+    calls = []
+    real = logprobs._chunk_stats
+    monkeypatch.setattr(logprobs, "_chunk_stats", lambda hh, *a: calls.append(hh.shape[0]) or real(hh, *a))
+    got = vocab_parallel_logprobs(hid, w, labels, true_vocab_size=v, chunk_size=0,
+                                  token_weights=g if mode == "fused" else None)
+    (got * g).sum().backward()
+    assert calls == [256, 256, 88]
+    hid64 = hid.detach().double().requires_grad_()
+    w64 = w.detach().double().requires_grad_()
+    logits = hid64 @ w64.t()
+    want = torch.log_softmax(logits, -1).gather(-1, labels[..., None]).squeeze(-1)
+    (want * g.double()).sum().backward()
+    # the logits GEMM returns bf16 (one rounding, 2^-8 relative), the log-sum-exp and target logit each see it
+    torch.testing.assert_close(got.double(), want.detach(), rtol=0, atol=2 * 2**-8 * float(logits.abs().max()))
+    for name, a, ref in (("grad hidden", hid.grad, hid64.grad), ("grad weight", w.grad, w64.grad)):
+        torch.testing.assert_close(a.double(), ref, rtol=2**-7, atol=2**-7 * float(ref.abs().max()), msg=name)
+
+
+def test_negative_chunk_size_refused(megatron_world):
+    with pytest.raises(ValueError, match="chunk_size must be >= 0"):
+        vocab_parallel_logprobs(torch.randn(4, 1, 8), torch.randn(10, 8), torch.zeros(4, 1, dtype=torch.long),
+                                true_vocab_size=10, chunk_size=-1)

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import math
 import signal
-import subprocess
-import sys
 import time
 
 import pytest
 
 from megatron_redi.checkpointing.layout import MARKER, complete_checkpoints, latest_iteration
-from tests.helpers_dist import ROOT, SAMPLE, TINY, env, free_port, read_jsonl, torchrun
+from tests.helpers_dist import ROOT, SAMPLE, TINY, kill_all, launch_trainer, read_jsonl, torchrun, wait_for
 
 pytestmark = pytest.mark.slow  # launches processes (torchrun / tools); `-m 'not slow'` skips them
 
@@ -89,35 +87,12 @@ def test_incomplete_saves_are_ignored(tmp_path):
     assert latest_iteration(tmp_path) == 2
 
 
-def _launch(args, tmp_path):
-    e = env()
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", f"--master-port={free_port()}",
-           str(ROOT / "pretrain_redi.py"), *args]
-    log = open(tmp_path / "log.txt", "w")
-    return subprocess.Popen(cmd, cwd=ROOT, env=e, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-
-
-def _wait_for(pred, timeout=120):
-    t0 = time.time()
-    while time.time() - t0 < timeout:
-        if pred():
-            return True
-        time.sleep(0.2)
-    return False
-
-
 def test_kill_9_then_resume_reproduces_the_curve(tmp_path, data):
     ck, metrics = tmp_path / "ck", tmp_path / "m.jsonl"
     args = _common(data, iters=8) + ["--save", str(ck), "--save-interval", "1", "--metrics-file", str(metrics)]
-    p = _launch(args, tmp_path)
-    assert _wait_for(lambda: len(complete_checkpoints(ck)) >= 2), (tmp_path / "log.txt").read_text()[-3000:]
-    import psutil
-
-    procs = [psutil.Process(p.pid), *psutil.Process(p.pid).children(recursive=True)]
-    for q in procs:  # launcher and every rank, mid-step or mid-save
-        q.kill()
-    p.wait()
-    psutil.wait_procs(procs, timeout=30)
+    p = launch_trainer(args, tmp_path / "log.txt")
+    assert wait_for(lambda: len(complete_checkpoints(ck)) >= 2), (tmp_path / "log.txt").read_text()[-3000:]
+    kill_all(p)  # launcher and every rank, mid-step or mid-save
     it = latest_iteration(ck)
     assert it is not None and it < 8
     torchrun(ROOT / "pretrain_redi.py", _common(data, iters=8) + ["--load", str(ck), "--metrics-file",
@@ -133,8 +108,8 @@ def test_kill_9_then_resume_reproduces_the_curve(tmp_path, data):
 def test_sigterm_saves_and_exits_zero(tmp_path, data):
     ck, metrics = tmp_path / "ck", tmp_path / "m.jsonl"
     args = _common(data, iters=500) + ["--save", str(ck), "--metrics-file", str(metrics), "--keep-last", "1"]
-    p = _launch(args, tmp_path)
-    assert _wait_for(lambda: metrics.exists() and len(metrics.read_text().splitlines()) >= 2)
+    p = launch_trainer(args, tmp_path / "log.txt")
+    assert wait_for(lambda: metrics.exists() and len(metrics.read_text().splitlines()) >= 2)
     import psutil
 
     workers = psutil.Process(p.pid).children()

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from megatron_redi.checkpointing.layout import complete_checkpoints, latest_iteration
-from tests.helpers_dist import ROOT, SAMPLE, TINY, torchrun
+from tests.helpers_dist import ROOT, SAMPLE, TINY, kill_all, launch_trainer, torchrun, wait_for
 
 pytestmark = pytest.mark.slow  # launches processes (torchrun / tools); `-m 'not slow'` skips them
 
@@ -38,46 +38,6 @@ def test_non_finite_loss_stops_every_rank_and_is_never_saved(tmp_path, data):
     assert complete_checkpoints(ck) == [1] and latest_iteration(ck) == 1
 
 
-def _launch(args, log):
-    import subprocess
-    import sys
-
-    from tests.helpers_dist import env, free_port
-
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", f"--master-port={free_port()}",
-           str(ROOT / "pretrain_redi.py"), *args]
-    return subprocess.Popen(cmd, cwd=ROOT, env=env(), stdout=open(log, "w"), stderr=subprocess.STDOUT,
-                            start_new_session=True)
-
-
-def _kill_all(p) -> None:
-    """The launcher and every worker (torchrun gives workers their own sessions; a stopped one needs
-    SIGKILL, which also ends a SIGSTOPped process)."""
-    import psutil
-
-    try:
-        procs = [psutil.Process(p.pid), *psutil.Process(p.pid).children(recursive=True)]
-    except psutil.NoSuchProcess:
-        procs = []
-    for proc in procs:
-        try:
-            proc.kill()
-        except psutil.NoSuchProcess:
-            pass
-    p.wait()
-
-
-def _wait_for(cond, timeout=120.0):
-    import time
-
-    t0 = time.time()
-    while time.time() - t0 < timeout:
-        if cond():
-            return True
-        time.sleep(0.2)
-    return False
-
-
 def test_frozen_peer_ends_the_run_within_the_distributed_timeout(tmp_path, data):
     """SIGSTOP one rank mid-run: the other leaves its collective after --distributed-timeout-minutes
     (6 s here), names the timeout and exits; nothing waits for the 10-minute default."""
@@ -87,20 +47,20 @@ def test_frozen_peer_ends_the_run_within_the_distributed_timeout(tmp_path, data)
     import psutil
 
     metrics, log = tmp_path / "m.jsonl", tmp_path / "log.txt"
-    p = _launch(_args(data, "--train-iters", "100000", "--metrics-file", str(metrics),
+    p = launch_trainer(_args(data, "--train-iters", "100000", "--metrics-file", str(metrics),
                       "--distributed-timeout-minutes", "0.1"), log)
     try:
-        assert _wait_for(lambda: metrics.exists() and len(metrics.read_text().splitlines()) >= 2)
+        assert wait_for(lambda: metrics.exists() and len(metrics.read_text().splitlines()) >= 2)
         workers = psutil.Process(p.pid).children()
         workers[-1].send_signal(signal.SIGSTOP)
         t0 = time.time()
-        assert _wait_for(lambda: not workers[0].is_running() or workers[0].status() == psutil.STATUS_ZOMBIE,
+        assert wait_for(lambda: not workers[0].is_running() or workers[0].status() == psutil.STATUS_ZOMBIE,
                          timeout=90), "the live rank kept waiting for its frozen peer"
         assert time.time() - t0 < 90
         text = log.read_text()
         assert "[rank 0] error" in text or "[rank 1] error" in text, text[-3000:]
     finally:
-        _kill_all(p)
+        kill_all(p)
 
 
 def test_a_second_run_on_the_same_save_folder_stops_at_once(tmp_path, data):
@@ -113,17 +73,17 @@ def test_a_second_run_on_the_same_save_folder_stops_at_once(tmp_path, data):
     from tests.helpers_dist import read_jsonl
 
     ck, metrics, log = tmp_path / "ck", tmp_path / "m.jsonl", tmp_path / "a.txt"
-    a = _launch(_args(data, "--train-iters", "100000", "--metrics-file", str(metrics), "--save", str(ck),
+    a = launch_trainer(_args(data, "--train-iters", "100000", "--metrics-file", str(metrics), "--save", str(ck),
                       "--save-interval", "5"), log)
     try:
-        assert _wait_for(lambda: metrics.exists() and len(metrics.read_text().splitlines()) >= 1)
+        assert wait_for(lambda: metrics.exists() and len(metrics.read_text().splitlines()) >= 1)
         b = torchrun(ROOT / "pretrain_redi.py", _args(data, "--save", str(ck)), nproc=2, check=False)
         _both_ranks_say(b, f"--save {ck} is in use by another run (pid ")
         assert a.poll() is None  # A is unaffected
         psutil.Process(a.pid).children()[-1].send_signal(signal.SIGTERM)
         assert a.wait(timeout=120) == 0, log.read_text()[-3000:]
     finally:
-        _kill_all(a)
+        kill_all(a)
     done = complete_checkpoints(ck)
     assert done and done[-1] == len(read_jsonl(metrics)) and latest_iteration(ck) == done[-1]
 
