@@ -183,6 +183,8 @@ def pretrain(cfg: TrainConfig, model_provider: Callable, forward_step_func: Call
                    "grad_norm": float(grad_norm) if grad_norm is not None else None,
                    "update_successful": bool(ok), **averager.mean(), **window.report(),
                    "micro_batches": len(batch.micro_batches)}
+            if not last:  # the data policy's counts once, in the run's first record (docs/DATA.md)
+                rec.update({f"data/{k}": v for k, v in data_stats.items() if isinstance(v, int)})
             logger.log(rec, tqdm.write)
             last = rec
         if _checkpoint_and_should_stop(cfg, state, total_iters, signals, model, optimizer, scheduler, log_rank,

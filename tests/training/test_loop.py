@@ -40,6 +40,13 @@ def test_log_interval_reports_means_of_the_window(runs):
         assert rec["grad_norm"] == b["grad_norm"] and rec["lr"] == b["lr"]
 
 
+def test_first_record_carries_the_data_counts(runs):
+    """What the data policy did (examples kept, skipped as too long or identical) is in the metrics file."""
+    first, second = runs["every"][0], runs["every"][1]
+    assert first["data/examples"] == 12 and first["data/skipped_too_long"] == 0
+    assert first["data/skipped_identical_pairs"] == 0 and not any(k.startswith("data/") for k in second)
+
+
 def test_constant_schedule_after_warmup(runs):
     # 4 iterations, warmup 0.5 -> 2 warmup steps: lr = LR * step / 2, then LR flat
     assert [r["lr"] for r in runs["const"]] == pytest.approx([0.0, LR / 2, LR, LR], rel=1e-9, abs=1e-15)
