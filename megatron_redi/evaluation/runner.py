@@ -57,10 +57,60 @@ PLOT = "accuracy_vs_length.png"
 AUDIT = "grader_audit.jsonl"
 
 
-def _tqdm(**kw):
+class LineProgress:
+    """Progress for a log file: a plain line at every 25% and at the end, never ``\\r`` or escape codes."""
+
+    def __init__(self, total: int, desc: str, stream=None, **_ignored) -> None:
+        self.total, self.desc, self.n, self._next = total, desc, 0, 0.25
+        self.stream = stream or sys.stderr
+        self.t0 = time.monotonic()
+
+    def update(self, k: int = 1) -> None:
+        self.n += k
+        if self.total and self.n / self.total >= self._next and self.n < self.total:
+            while self.n / self.total >= self._next:
+                self._next += 0.25
+            self._line()
+
+    def _line(self) -> None:
+        print(f"{self.desc}: {self.n}/{self.total} ({time.monotonic() - self.t0:.1f} s)", file=self.stream,
+              flush=True)
+
+    def close(self) -> None:
+        if self.total:
+            self._line()
+            self.total = 0
+
+
+class _NoProgress:
+    def update(self, k: int = 1) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _tqdm(total: int, desc: str, disable: bool = False, **kw):
+    """A tqdm bar on a terminal; plain lines (:class:`LineProgress`) when stderr is a file or a pipe."""
+    if disable:
+        return _NoProgress()
+    if not sys.stderr.isatty():
+        return LineProgress(total, desc)
     from tqdm.auto import tqdm
 
-    return tqdm(**kw)
+    return tqdm(total=total, desc=desc, **kw)
+
+
+def describe_run(resolved: dict, sampling) -> str:
+    """The console's first line about generation: backend, device, model, dtype, sampling."""
+    parts = [f"{k}={resolved[k]}" for k in ("backend", "device", "dtype") if k in resolved]
+    parallel = [f"{k}={resolved[k]}" for k in ("tensor_parallel_size", "data_parallel_size", "batch_size",
+                                                "max_model_len") if resolved.get(k) is not None]
+    s = sampling
+    return (f"generation: {' '.join(parts)} model={resolved.get('model')}"
+            + (f" ({' '.join(parallel)})" if parallel else "")
+            + f"\nsampling: n={s.n} temperature={s.temperature} top_p={s.top_p} max_tokens={s.max_tokens} "
+              f"seed={s.seed}" + (" (greedy)" if s.temperature == 0 else ""))
 
 
 # ----------------------------------------------------------------------------------- record files
@@ -199,8 +249,12 @@ def _check_resume(manifest_path: Path, key: dict, benches: list[Benchmark]) -> N
                             f"{manifest_path.parent} were generated; use --overwrite")
 
 
-def run(cfg: EvalConfig, log: Callable[[str], None] = print, command: list[str] | None = None) -> dict:
-    """Evaluate ``cfg.model`` on ``cfg.benchmarks``; returns the summary (also written to disk)."""
+def run(cfg: EvalConfig, log: Callable[[str], None] = print, command: list[str] | None = None,
+        backend=None) -> dict:
+    """Evaluate ``cfg.model`` on ``cfg.benchmarks``; returns the summary (also written to disk).
+
+    ``backend``: an already built backend of ``cfg.backend.name`` to use (and leave open), e.g. to run
+    several evaluations on one loaded vLLM engine; by default one is built when needed and closed."""
     cfg.validate()
     model_dir = check_model_dir(cfg.model)
     specs = [resolve(b, cfg.fields) for b in cfg.benchmarks]
@@ -212,7 +266,7 @@ def run(cfg: EvalConfig, log: Callable[[str], None] = print, command: list[str] 
     out = Path(cfg.output_dir)
     samples_dir = out / SAMPLES_DIR
     manifest_path = out / MANIFEST
-    backend_name = resolve_backend_name(cfg.backend.name)
+    backend_name = backend.name if backend is not None else resolve_backend_name(cfg.backend.name)
     chunk_size = cfg.chunk_size or default_chunk_size(backend_name, cfg)
     weights = hash_model_weights(model_dir) if cfg.hash_weights else {"sha256": None, "files": {}}
     key = _generation_key(cfg, backend_name, chunk_size, weights["sha256"])
@@ -258,7 +312,8 @@ def run(cfg: EvalConfig, log: Callable[[str], None] = print, command: list[str] 
     write_json(manifest_path, manifest)
 
     pool = _pool_for(cfg.grading)
-    backend = None
+    owned = backend is None
+    announced = False
     n = cfg.sampling.n
     t0 = time.monotonic()
     try:
@@ -275,8 +330,12 @@ def run(cfg: EvalConfig, log: Callable[[str], None] = print, command: list[str] 
                 log(f"{bench.key}: all {len(bench.problems)} problems already in {path}")
                 continue
             if backend is None:
+                log(f"loading the {backend_name} backend for {model_dir} ...")
                 backend = create_backend(cfg.backend, str(model_dir), tokenizer, stop_ids, cfg.sampling.seed)
+            if not announced:
                 manifest["backend"]["resolved"] = backend.describe()
+                log(describe_run(manifest["backend"]["resolved"], cfg.sampling))
+                announced = True
             total = sum(len(c) for c in todo) * n
             gen_bar = _tqdm(total=total, desc=f"{bench.key} generate", disable=not cfg.progress,
                             unit="sample", dynamic_ncols=True)
@@ -290,7 +349,7 @@ def run(cfg: EvalConfig, log: Callable[[str], None] = print, command: list[str] 
                 gen_bar.close()
                 grade_bar.close()
     finally:
-        if backend is not None:
+        if backend is not None and owned:
             backend.close()
     manifest["status"] = "complete"
     manifest["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
@@ -366,7 +425,9 @@ def write_reports(out: Path, records: dict[str, list[dict]], manifest: dict, plo
         write_records(out / AUDIT, audit_rows)
         log(f"grader audit: {len(audit_rows)} disagreements, listed in {out / AUDIT}")
     if plot and complete_records:
-        plot_accuracy_vs_length(complete_records, out / PLOT)
+        warning = plot_accuracy_vs_length(complete_records, out / PLOT)
+        if warning:
+            log(f"{out / PLOT}: {warning}")
     log(md)
     return summary
 

@@ -17,7 +17,7 @@ import re
 from dataclasses import dataclass, field
 from functools import lru_cache
 
-from .extraction import Extraction, after_think, last_boxed
+from .extraction import Extraction, after_think, all_boxed, last_boxed
 from .timeout import ItemTimeout, run_with_timeout
 
 GRADERS = ("math_verify", "rllm")
@@ -64,17 +64,24 @@ def _mv_import():
     return math_verify
 
 
-def _strip_dollars(text: str) -> str:
-    text = text.strip()
-    while len(text) >= 2 and text.startswith("$") and text.endswith("$") and "$" not in text[1:-1]:
-        text = text[1:-1].strip()
-    return text
+_MATH_DOLLAR = re.compile(r"(?<!\\)\$")  # a ``$`` that delimits math; ``\$`` is a dollar sign
+
+
+def gold_latex(answer: str) -> str:
+    """A gold answer as bare LaTeX: its math delimiters dropped, escaped ``\\$`` (a dollar sign, as in
+    ``\\$18.90``) kept. Golds carry delimiters in every arrangement their sources wrote: ``$5$``,
+    ``$69$,$84$``, ``$(-\\infty, 0) \\cup\\{1\\}$.`` (a sentence's period) and stray ones
+    (OlympiadBench's ``$221,$8$``, Minerva's ``a+$ $b``)."""
+    text = answer.strip()
+    if text.endswith("$.") and not text.endswith("\\$."):
+        text = text[:-1]
+    return re.sub(r"\s+", " ", _MATH_DOLLAR.sub(" ", text)).strip()
 
 
 def gold_text(answer: str) -> str:
-    """A gold answer as math-verify should read it: raw answers are bare LaTeX (``\\frac{1}{2}``) and
-    math-verify's LaTeX extractor needs math delimiters, so one without ``$`` or ``\\boxed`` gets ``$...$``."""
-    return answer if ("\\boxed" in answer or "$" in answer) else f"${answer}$"
+    """A gold answer as math-verify should read it: :func:`gold_latex` in ``$...$`` (math-verify's LaTeX
+    extractor needs delimiters), or the gold itself when it holds a ``\\boxed{}``."""
+    return answer if "\\boxed" in answer else f"${gold_latex(answer)}$"
 
 
 @lru_cache(maxsize=8192)
@@ -90,13 +97,37 @@ def _mv_parse_pred(content: str):
 
 def _golds_for(answers: tuple[str, ...], list_mode: str) -> tuple[str, ...]:
     if list_mode == "all" and len(answers) > 1:
-        return (", ".join(_strip_dollars(a) for a in answers),)
+        return (", ".join(gold_latex(a) for a in answers),)
     return answers
+
+
+def _final_boxes(response: str, ext: Extraction) -> list[str]:
+    """Distinct non-empty boxes of the answer region (after ``</think>`` when there is one), in order."""
+    tail = after_think(response)
+    if tail is None and ext.mode == "think_boxed":
+        return []
+    out: list[str] = []
+    for box in all_boxed(response if tail is None else tail):
+        box = box.strip()
+        if box and box not in out:
+            out.append(box)
+    return out
+
+
+def _is_several_answers(parsed) -> bool:
+    import sympy
+
+    return bool(parsed) and isinstance(parsed[0], sympy.FiniteSet) and len(parsed[0]) > 1
 
 
 def math_verify_grade(response: str, answers: tuple[str, ...], list_mode: str = "any",
                       extraction: str = "boxed") -> Verdict:
-    """Extract (last box by default) and compare with math-verify's ``verify``."""
+    """Extract (last box by default) and compare with math-verify's ``verify``.
+
+    A gold made of several answers (a set such as OlympiadBench's ``(2,2), (6,2)``, or an ``all`` list)
+    may also be answered one box per answer: when the last box does not match, the distinct boxes of
+    the answer region are joined and compared as one set, as math-verify's own extraction does.
+    """
     mv = _mv_import()
     ext = Extraction.parse(extraction)
     if ext.mode == "math_verify":
@@ -107,10 +138,17 @@ def math_verify_grade(response: str, answers: tuple[str, ...], list_mode: str = 
         pred = _mv_parse_pred(extracted) if extracted else []
     if not pred:
         return Verdict(extracted, False)
-    for gold in map(gold_text, _golds_for(answers, list_mode)):
-        parsed = _mv_parse_gold(gold)
+    golds = [_mv_parse_gold(g) for g in map(gold_text, _golds_for(answers, list_mode))]
+    for parsed in golds:
         if parsed and mv.verify(parsed, pred, timeout_seconds=None):
             return Verdict(extracted, True)
+    boxes = _final_boxes(response, ext) if ext.mode in ("boxed", "think_boxed") else []
+    multi = [g for g in golds if _is_several_answers(g)]
+    if len(boxes) > 1 and multi:
+        joined = ", ".join(boxes)
+        joined_pred = _mv_parse_pred(joined)
+        if joined_pred and any(mv.verify(g, joined_pred, timeout_seconds=None) for g in multi):
+            return Verdict(joined, True)
     return Verdict(extracted, False)
 
 
@@ -125,7 +163,7 @@ _UNIT_WORDS = ("degree", "cm", "centimeter", "meter", "mile", "second", "minute"
 def _unwrap_text(s: str) -> str:
     """``\\text{...}`` around the whole answer -> its content (``\\text{a} + \\text{b}`` stays)."""
     s = s.strip()
-    m = re.match(r"\\(?:text|textbf|mathrm|mbox)\s*(?=\{)", s)
+    m = re.match(r"\\(?:text|textbf|textnormal|mathrm|mbox)\s*(?=\{)", s)
     if m:
         got = _brace_group(s, m.end())
         if got is not None and got[1] == len(s):
@@ -185,17 +223,21 @@ def normalize_string(answer: str) -> str:
     """Light, string-level normalisation (MATH-style): equal outputs mean equal answers."""
     s = _unwrap_text(answer.strip().replace("~", " "))
     s = s.replace("\n", "").replace("\\!", "").replace("\\,", "").replace("\\;", "")
-    s = s.replace("\\\\", "\\").replace("tfrac", "frac").replace("dfrac", "frac")
+    s = s.replace("\\\\", "\\").replace("tfrac", "frac").replace("dfrac", "frac").replace("cfrac", "frac")
+    s = re.sub(r"\\(ge|le|ne)q(?![A-Za-z])", r"\\\1", s)  # \geq is \ge
+    s = re.sub(r"\\lt(?![A-Za-z])", "<", s)
+    s = re.sub(r"\\gt(?![A-Za-z])", ">", s)
     s = s.replace("\\left", "").replace("\\right", "")
     s = s.replace("^{\\circ}", "").replace("^\\circ", "").replace("\\circ", "")
     s = s.replace("\\$", "").replace("$", "")
-    s = re.sub(r"\\(?:text|mbox|mathrm)\{\s[^{}]*\}$", "", s)  # trailing units: "10\text{ cm}"
+    s = re.sub(r"\\(?:text|textbf|textnormal|mbox|mathrm)\{\s[^{}]*\}$", "", s)  # units: "10\text{ cm}"
     s = s.replace("\\%", "").replace("%", "")
     s = s.replace(" .", " 0.").replace("{.", "{0.")
     if s.startswith("."):
         s = "0" + s
     lhs, eq, rhs = s.partition("=")
-    if eq and "=" not in rhs and len(lhs.strip()) <= 2:
+    # "x = 5" -> "5", but a number on the left is part of the answer: "7 = 11a+c" stays
+    if eq and "=" not in rhs and len(lhs.strip()) <= 2 and re.search(r"[A-Za-z]", lhs):
         s = rhs
     s = re.sub(r"\\sqrt(\w)", r"\\sqrt{\1}", s)
     s = s.replace(" ", "")
@@ -212,8 +254,9 @@ def normalize_string(answer: str) -> str:
 
 _LATEX_SYMBOLS = {
     "\\pi": "pi", "\\infty": "oo", "\\cdot": "*", "\\times": "*", "\\div": "/", "\\ln": "log",
-    "\\log": "log", "\\sin": "sin", "\\cos": "cos", "\\tan": "tan", "\\exp": "exp", "\\le": "<=",
-    "\\ge": ">=", "\\cup": "U", "\\{": "{", "\\}": "}",
+    "\\log": "log", "\\sin": "sin", "\\cos": "cos", "\\tan": "tan", "\\sec": "sec", "\\csc": "csc",
+    "\\cot": "cot", "\\exp": "exp", "\\le": "<=", "\\leq": "<=", "\\lt": "<", "\\ge": ">=", "\\geq": ">=",
+    "\\gt": ">", "\\ne": "!=", "\\neq": "!=", "\\cup": "U", "\\{": "{", "\\}": "}",
 }
 
 
@@ -225,27 +268,34 @@ def _frac_text(a: str, b: str) -> str:
 
 
 def _latex_to_plain(s: str) -> str:
-    for cmd in ("\\dfrac", "\\tfrac", "\\frac"):
+    for cmd in ("\\dfrac", "\\tfrac", "\\cfrac", "\\frac"):
         s = _rewrite_command(s, cmd, 2, _frac_text)
     s = re.sub(r"\\sqrt\[([^\]]+)\]\{([^{}]*)\}", r"((\2)**(1/(\1)))", s)
     s = _rewrite_command(s, "\\sqrt", 1, lambda a: f"sqrt({a})")
+    # a function with a bare argument: \sec x -> sec(x) (spaces go later, and "secx" would be one symbol)
+    s = re.sub(r"\\(sin|cos|tan|sec|csc|cot|ln|log|exp)\s*([A-Za-z]|\d+)(?![A-Za-z0-9])", r"\\\1(\2)", s)
     for name in sorted(_LATEX_SYMBOLS, key=len, reverse=True):
         s = re.sub(re.escape(name) + r"(?![A-Za-z])", lambda _m, n=name: f" {_LATEX_SYMBOLS[n]} ", s)
     s = re.sub(r"\\[,;:! ]", "", s)
-    s = re.sub(r"\\(?:text|mathrm|mathbf|operatorname)\{([^{}]*)\}", r"\1", s)
+    s = re.sub(r"\\(?:text|textbf|textnormal|mathrm|mathbf|operatorname)\{([^{}]*)\}", r"\1", s)
     return s.replace("\\left", "").replace("\\right", "")
 
 
-def _strip_thousands(s: str) -> str:
-    prev = None
-    while prev != s:
-        prev, s = s, re.sub(r"(\d),(\d{3})(?!\d)", r"\1\2", s)
-    return s
+_THOUSANDS = re.compile(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?")
+
+
+def join_thousands(s: str) -> str:
+    """``48,000`` -> ``48000`` only when the whole answer is one number written with thousands separators
+    (commas directly followed by three digits). Upstream (PRM800K / rllm) strips such commas anywhere,
+    before splitting tuples, which merges ``(2,100)`` into ``2100``; here a tuple, interval, set or list
+    keeps its parts, and ``32, 349`` (a list) is not ``32349``."""
+    t = s.strip()
+    return t.replace(",", "") if _THOUSANDS.fullmatch(t) else s
 
 
 def _is_int_string(s: str) -> bool:
     try:
-        x = float(_strip_thousands(s))
+        x = float(s)
     except ValueError:
         return False
     return abs(x - round(x)) <= 1e-7
@@ -264,7 +314,8 @@ def normalize_for_sympy(answer: str) -> str:
     s = re.sub(r"\^ *\{? *\\circ *\}?", "", s)
     if len(s) > 1 and s[0] == "{" and s[-1] == "}":
         s = s[1:-1]
-    s = re.sub(r",\\! *", "", s)
+    s = re.sub(r"(\d),\\!(\d{3})(?!\d)", r"\1,\2", s)  # 32,\!348: a thousands separator in MATH's LaTeX
+    s = join_thousands(s)
     try:
         f = float(s)
         if f.is_integer():
@@ -278,12 +329,13 @@ def normalize_for_sympy(answer: str) -> str:
     s = s.replace(" ", "").replace("{", "(").replace("}", ")")
     s = s.lower()
     if _is_int_string(s):
-        s = str(int(round(float(_strip_thousands(s)))))
+        s = str(int(round(float(s))))
     return s
 
 
 def _split_tuple(expr: str) -> list[str]:
-    expr = _strip_thousands(expr)
+    """Items of ``(a,b)`` / ``[a,b)`` (no nested brackets), else ``[expr]``. Commas always split here:
+    thousands separators were joined earlier, and only in a lone number (:func:`join_thousands`)."""
     if len(expr) > 2 and expr[0] in "([" and expr[-1] in ")]" and not any(c in expr[1:-1] for c in "()[]"):
         return [e.strip() for e in expr[1:-1].split(",")]
     return [expr]
@@ -295,7 +347,7 @@ def _is_fraction(s: str) -> bool:
 
 def _sympy_equal(a: str, b: str) -> bool:
     expr = f"({a})-({b})"
-    letters = {c for c in re.sub(r"sqrt|pi|log|sin|cos|tan|exp", "", expr) if c.isalpha()}
+    letters = {c for c in re.sub(r"sqrt|pi|log|sin|cos|tan|sec|csc|cot|exp", "", expr) if c.isalpha()}
     if len(letters) > 2 or re.search(r"(\^|\*\*)\s*\(?\s*\d{3,}|\^\s*\([^()]*\^", expr):
         return False  # unknown words, huge powers or power towers: not worth the risk of a hang
     import sympy
@@ -353,8 +405,7 @@ def rllm_grade(response: str, answers: tuple[str, ...], list_mode: str = "any",
         return Verdict(extracted, False)
     golds = []
     for ans in _golds_for(answers, list_mode):
-        ans = _strip_dollars(ans)
-        golds.append(last_boxed(ans) or ans if "\\boxed" in ans else ans)
+        golds.append(last_boxed(ans) or ans if "\\boxed" in ans else gold_latex(ans))
     return Verdict(extracted, any(rllm_equal(extracted, g) for g in golds))
 
 

@@ -68,7 +68,13 @@ TABLE = [
     ("part of a gold list", boxed("1"), ("1", "3"), "all", False, False),
     ("any of a gold list (Minerva)", boxed("0.02"), ("0.01", "0.02"), "any", True, True),
     ("same, but all required", boxed("0.02"), ("0.01", "0.02"), "all", False, False),
-    ("only the last box counts", "\\boxed{1} and \\boxed{3}", ("1,3",), "all", False, False),
+    # several answers in several boxes: math-verify joins the boxes (as its own extraction does) when the
+    # gold holds several answers; the rllm grader reads the last box only, as rllm does
+    ("answers split over boxes", "\\boxed{1} and \\boxed{3}", ("1,3",), "all", True, False),
+    ("answers split over boxes, gold list", "\\boxed{3} and \\boxed{1}", ("1", "3"), "all", True, False),
+    ("one answer: the last box counts", "\\boxed{5} or rather \\boxed{3}", ("5",), "any", False, False),
+    ("one answer: the last box counts (2)", "\\boxed{3} or rather \\boxed{5}", ("5",), "any", True, True),
+    ("split boxes, one missing", "\\boxed{(2,2)} and \\boxed{(1,1)}", ("(2,2), (6,2)",), "any", False, False),
     ("empty box", boxed(""), ("1",), "any", False, False),
     ("missing box", "I could not solve it, the answer is 1.", ("1",), "any", False, False),
     ("truncated box", "so the answer is \\boxed{\\frac{1}{2", ("\\frac{1}{2}",), "any", False, False),
