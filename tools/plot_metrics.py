@@ -32,6 +32,9 @@ def main(argv: list[str] | None = None) -> int:
     for f, recs in zip(a.metrics, runs.values()):
         print(f"\n== {f}\n{table(recs)}")
     out = Path(a.output or Path(a.metrics[0]).with_name("curves.png"))
+    if out.suffix.lower() not in (".png", ".pdf", ".svg"):
+        print(f"error: --output {out}: give a .png, .pdf or .svg path", file=sys.stderr)
+        return 2
     existed = out.exists()
     plot(runs, out, stages=a.stages)
     print(f"\ncurves: {out}" + (" (replaced the previous plot)" if existed else ""))

@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from megatron_redi.checkpointing.integrity import newest_readable_model_dir
 from megatron_redi.checkpointing.layout import ASSETS_DIR, HF_CONFIG, copy_assets, model_checkpoint_dir
 from megatron_redi.conversion.hf_mapping import (
     IGNORED_HF,
@@ -373,10 +374,14 @@ def resolve_checkpoint_dir(load: str | Path) -> tuple[Path, Path]:
     root = Path(load)
     if not root.is_dir():
         raise ConversionError(f"--load {root} is not a directory")
-    ckpt = model_checkpoint_dir(root)
-    if ckpt is None:
+    if model_checkpoint_dir(root) is None:
         raise ConversionError(f"--load {root}: neither a dist checkpoint (no metadata.json) nor a training "
                               f"--save folder (no complete iter_* checkpoint)")
+    ckpt, skipped = newest_readable_model_dir(root)
+    for reason in skipped:
+        print(f"[convert] skipping an unreadable checkpoint: {reason}", file=sys.stderr)
+    if ckpt is None:
+        raise ConversionError(f"--load {root}: no readable checkpoint ({'; '.join(skipped)})")
     return ckpt, root
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+import socket
 import sys
 import traceback
 from collections.abc import Callable
@@ -65,6 +66,11 @@ def init_distributed(timeout_minutes: float = 10.0) -> None:
     if dist.is_initialized():
         return
     os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    if "MASTER_PORT" not in os.environ and "WORLD_SIZE" not in os.environ:
+        # a plain single-process run (no torchrun): any free port, so two such runs never collide
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            os.environ["MASTER_PORT"] = str(s.getsockname()[1])
     os.environ.setdefault("MASTER_PORT", "29500")
     os.environ.setdefault("RANK", "0")
     os.environ.setdefault("WORLD_SIZE", "1")
@@ -72,7 +78,13 @@ def init_distributed(timeout_minutes: float = 10.0) -> None:
     backend = "nccl" if torch.cuda.is_available() else "gloo"
     if backend == "nccl":
         torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
-    dist.init_process_group(backend=backend, timeout=timedelta(minutes=timeout_minutes))
+    try:
+        dist.init_process_group(backend=backend, timeout=timedelta(minutes=timeout_minutes))
+    except RuntimeError as e:
+        if "EADDRINUSE" in str(e) or "address already in use" in str(e).lower():
+            raise RuntimeError(f"port {os.environ['MASTER_PORT']} on {os.environ['MASTER_ADDR']} is taken (another "
+                               f"run?): set MASTER_PORT to a free port (torchrun: --master-port)") from None
+        raise
 
 
 def init_model_parallel(cfg: ParallelConfig) -> int:

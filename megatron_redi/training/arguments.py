@@ -190,6 +190,7 @@ def build_score_parser() -> argparse.ArgumentParser:
                    help="the reference model: a converted HF checkpoint or a training --save folder "
                         "(its newest complete iteration)")
     g.add_argument("--output", required=True, help="JSONL to write (the pair rows with reference log-probs)")
+    g.add_argument("--overwrite", action="store_true", help="replace --output if it exists")
     g.add_argument("--batch-pairs", type=int, default=64, help="pairs per data-parallel rank per schedule call")
     g.add_argument("--seed", type=int, default=42)
     g.add_argument("--no-progress", action="store_true")
@@ -214,6 +215,7 @@ def parse_score_args(argv: list[str] | None = None):
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     d = vars(ns)
     cfg = ScoreConfig(model=model_args_from(d), parallel=_section(ParallelConfig, d), data=_section(DataArgs, d),
-                      **{k: d[k] for k in ("pretrained_checkpoint", "output", "seed", "batch_pairs", "no_progress")})
+                      **{k: d[k] for k in ("pretrained_checkpoint", "output", "overwrite", "seed", "batch_pairs",
+                                           "no_progress")})
     cfg.validate()
     return cfg

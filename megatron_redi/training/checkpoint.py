@@ -18,6 +18,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from megatron_redi.checkpointing.integrity import newest_readable_iteration, newest_readable_model_dir
 from megatron_redi.checkpointing.layout import (
     ASSETS_DIR,
     HF_CONFIG,
@@ -26,8 +27,6 @@ from megatron_redi.checkpointing.layout import (
     complete_checkpoints,
     copy_assets,
     iter_dir,
-    latest_iteration,
-    model_checkpoint_dir,
 )
 from megatron_redi.model.unwrap import unwrap_model
 from megatron_redi.platform.distributed import ParallelConfig
@@ -223,52 +222,34 @@ def _save_failed(root: Path, tmp: Path, iteration: int, error: Exception) -> Run
         + ". Free space or point --save at a larger disk, then rerun with --load to resume")
 
 
-def unreadable_reason(path: Path) -> str | None:
-    """Why a complete-looking checkpoint folder cannot be loaded (naming the file), or None. Checks
-    what a kill, a full disk or a bad copy breaks: our metadata, the dist-checkpoint index, every
-    data file's size against the byte ranges the index points to, and the pickled common state."""
-    from torch.distributed.checkpoint import FileSystemReader
-
-    try:
-        json.loads((path / META).read_text())
-    except (OSError, ValueError) as e:
-        return f"{path / META}: {e}"
-    try:
-        storage = FileSystemReader(str(path)).read_metadata().storage_data
-    except Exception as e:  # any failure to unpickle the index: report it with its path
-        return f"{path / '.metadata'}: unreadable ({type(e).__name__}: {e})"
-    need: dict[str, int] = {}
-    for info in storage.values():
-        need[info.relative_path] = max(need.get(info.relative_path, 0), info.offset + info.length)
-    for name, size in sorted(need.items()):
-        f = path / name
-        have = f.stat().st_size if f.is_file() else None
-        if have is None or have < size:
-            return f"{f}: {'missing' if have is None else f'truncated ({have} of at least {size} bytes)'}"
-    if (path / "common.pt").is_file():
-        try:
-            torch.load(path / "common.pt", map_location="cpu", weights_only=False)
-        except Exception as e:
-            return f"{path / 'common.pt'}: unreadable ({type(e).__name__}: {e})"
-    return None
-
-
 def newest_readable_checkpoint(root: str | Path) -> tuple[int | None, list[str]]:
     """(newest complete checkpoint that passes `unreadable_reason`, the reasons of newer ones skipped).
     Decided on rank 0 and broadcast, so every rank loads the same one."""
     choice: list = [None, []]
     if dist.get_rank() == 0:
-        done = complete_checkpoints(root)
-        latest = latest_iteration(root)
-        order = ([latest] if latest is not None else []) + [i for i in reversed(done) if i != latest]
-        for it in order:
-            reason = unreadable_reason(iter_dir(Path(root), it))
-            if reason is None:
-                choice[0] = it
-                break
-            choice[1].append(reason)
+        choice = list(newest_readable_iteration(root))
     dist.broadcast_object_list(choice, src=0)
     return choice[0], choice[1]
+
+
+def _load(sharded_state: dict, path: Path, flag: str) -> dict:
+    """dist_checkpointing.load, with a checkpoint of another model shape named as such (every rank
+    raises the same ValueError; nothing waits)."""
+    from megatron.core import dist_checkpointing
+    from megatron.core.dist_checkpointing.core import CheckpointingException
+    from torch.distributed.checkpoint.api import CheckpointException  # a BaseException
+
+    try:
+        return dist_checkpointing.load(sharded_state, str(path))
+    except (CheckpointingException, CheckpointException) as e:
+        failures = list(getattr(e, "failures", {}).values())  # CheckpointException: rank -> exception
+        lines = [ln for ln in str(failures[0] if failures else e).strip().splitlines() if ln.strip()]
+        first = next((ln.strip() for ln in reversed(lines) if "Error" in ln or "mismatch" in ln.lower()),
+                     lines[0] if lines else type(e).__name__)[:400]
+        saved = next((str(p) for p in (path / HF_CONFIG, path.parent / HF_CONFIG) if p.is_file()), None)
+        raise ValueError(f"{flag} {path} does not fit this model ({first})"
+                         + (f"; it was saved for the model in {saved}" if saved else "")
+                         + ": check --model-config") from None
 
 
 SCHEDULE_SETTINGS = ("lr", "min_lr", "lr_warmup_fraction", "lr_decay_style", "weight_decay", "total_iters")
@@ -282,6 +263,10 @@ def check_run_settings(path: Path, saved: dict | None, now: dict, overrides: set
     if saved is None:
         say(f"[megatron-redi] {path} records no run settings (older format): not checked")
         return
+    unknown = sorted(overrides - set(now))
+    if unknown:
+        raise ValueError(f"--override-checkpoint-settings: unknown setting(s) {' '.join(unknown)}; the names are: "
+                         f"{' '.join(sorted(now))}")
     diffs = {k: (saved.get(k), now.get(k)) for k in sorted(set(saved) | set(now)) if saved.get(k) != now.get(k)}
     refused = {k: v for k, v in diffs.items()
                if k not in overrides and not (schedule_flag and k in SCHEDULE_SETTINGS)}
@@ -304,7 +289,6 @@ def load_training_checkpoint(root: str | Path, model, optimizer, scheduler, para
     """Resume model, optimizer, scheduler, counters and (same layout only) RNG states from the newest
     readable checkpoint; an unreadable newer one is skipped, naming the file (RuntimeError if none is
     readable). With `run_settings`, the checkpoint's must match (`check_run_settings`)."""
-    from megatron.core import dist_checkpointing
 
     it, skipped = newest_readable_checkpoint(root)
     for reason in skipped:
@@ -315,11 +299,13 @@ def load_training_checkpoint(root: str | Path, model, optimizer, scheduler, para
     meta = json.loads((path / META).read_text())
     if run_settings is not None:
         check_run_settings(path, meta.get("run"), run_settings, set(overrides), schedule_flag, say)
+        if set(overrides) & set(SCHEDULE_SETTINGS):  # a schedule setting named as intended: the new one wins
+            scheduler.override_opt_param_scheduler = True
     same_layout = meta["layout"] == _layout(parallel)
     sd = _sharded_state(model, optimizer, parallel, is_loading=True)
     if same_layout:
         sd["rng_state"] = _rng_sharded(None)
-    loaded = dist_checkpointing.load(sd, str(path))
+    loaded = _load(sd, path, "--load")
     unwrap_model(model).load_state_dict(loaded["model"])
     load_optimizer_state(optimizer, loaded["optimizer"])
     fix_adam_steps(optimizer, meta["optimizer_steps"])
@@ -329,19 +315,25 @@ def load_training_checkpoint(root: str | Path, model, optimizer, scheduler, para
     return TrainState(iteration=meta["iteration"], consumed_samples=meta["consumed_samples"])
 
 
-def load_pretrained(path: str | Path, model) -> None:
-    """Weights only (fresh optimizer and counters) from a converted HF checkpoint or a training one."""
-    from megatron.core import dist_checkpointing
-
+def load_pretrained(path: str | Path, model, say=lambda _msg: None) -> None:
+    """Weights only (fresh optimizer and counters) from a converted HF checkpoint or a training one (its
+    newest readable iteration; an unreadable newer one is skipped, naming the file)."""
     p = Path(path)
     if not p.exists():
         raise FileNotFoundError(f"--pretrained-checkpoint: {p} does not exist")
-    ckpt_dir = model_checkpoint_dir(p)
-    if ckpt_dir is None:
-        raise FileNotFoundError(f"--pretrained-checkpoint: {p} is not a megatron dist checkpoint "
-                                f"(convert HF weights with tools/convert_checkpoint.py hf-to-mcore)")
+    choice: list = [None, []]
+    if dist.get_rank() == 0:
+        found, skipped = newest_readable_model_dir(p)
+        choice = [str(found) if found else None, skipped]
+    dist.broadcast_object_list(choice, src=0)
+    for reason in choice[1]:
+        say(f"[megatron-redi] skipping an unreadable checkpoint: {reason}")
+    if choice[0] is None:
+        raise FileNotFoundError(f"--pretrained-checkpoint: {p} holds no readable megatron dist checkpoint"
+                                + (f" ({'; '.join(choice[1])})" if choice[1] else
+                                   " (convert HF weights with tools/convert_checkpoint.py hf-to-mcore)"))
     bare = unwrap_model(model)
-    loaded = dist_checkpointing.load({"model": bare.sharded_state_dict()}, str(ckpt_dir))
+    loaded = _load({"model": bare.sharded_state_dict()}, Path(choice[0]), "--pretrained-checkpoint")
     bare.load_state_dict(loaded["model"])
 
 

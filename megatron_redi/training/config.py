@@ -160,6 +160,12 @@ class TrainingArgs:
     def validate(self) -> None:
         if self.train_iters is None and self.train_epochs is None:
             raise ValueError("give --train-iters or --train-epochs")
+        if self.train_iters is not None and self.train_iters < 1:
+            raise ValueError(f"--train-iters must be >= 1, got {self.train_iters}")
+        if self.train_epochs is not None and self.train_epochs <= 0:
+            raise ValueError(f"--train-epochs must be > 0, got {self.train_epochs}")
+        if self.exit_interval is not None and self.exit_interval < 1:
+            raise ValueError(f"--exit-interval must be >= 1, got {self.exit_interval}")
 
 
 @dataclass
@@ -187,6 +193,21 @@ class CheckpointArgs:
         if self.load and not same_as_save and not Path(self.load).exists():
             raise FileNotFoundError(f"--load {self.load} does not exist (to start a new run that later resumes "
                                     f"from its own checkpoints, pass the same folder to --save and --load)")
+        if self.load and Path(self.load).exists():
+            load = Path(self.load)
+            if not load.is_dir():
+                raise ValueError(f"--load {load} is a file, not a training --save folder")
+            has_iter = any(p.name.startswith("iter_") for p in load.iterdir())
+            model_files = [n for n in ("metadata.json", "config.json") if (load / n).is_file()]
+            if not has_iter and (model_files or any(load.glob("*.safetensors"))):
+                raise ValueError(f"--load {load} holds a model (converted or HF), not a training checkpoint: "
+                                 f"start from it with --pretrained-checkpoint (HF folders: convert first with "
+                                 f"tools/convert_checkpoint.py hf-to-mcore)")
+        if self.save and Path(self.save).exists() and not Path(self.save).is_dir():
+            raise ValueError(f"--save {self.save} is a file; give a folder")
+        for flag, v in (("--save-interval", self.save_interval), ("--keep-last", self.keep_last)):
+            if v is not None and v < 1:
+                raise ValueError(f"{flag} must be >= 1, got {v}")
 
 
 @dataclass
@@ -199,6 +220,10 @@ class LoggingArgs:
     def validate(self) -> None:
         if self.log_interval < 1:
             raise ValueError(f"--log-interval must be >= 1, got {self.log_interval}")
+        if self.metrics_file and Path(self.metrics_file).is_dir():
+            raise ValueError(f"--metrics-file {self.metrics_file} is a folder; give a file path")
+        if self.tensorboard_dir and Path(self.tensorboard_dir).exists() and not Path(self.tensorboard_dir).is_dir():
+            raise ValueError(f"--tensorboard-dir {self.tensorboard_dir} is a file; give a folder")
 
 
 @dataclass
@@ -237,6 +262,7 @@ class ScoreConfig:
     data: DataArgs = field(default_factory=DataArgs)
     pretrained_checkpoint: str | None = None  # None: the seeded random initialisation
     output: str = ""
+    overwrite: bool = False  # replace an existing --output
     seed: int = 42
     batch_pairs: int = 64  # pairs per DP rank per schedule call
     no_progress: bool = False
@@ -246,3 +272,9 @@ class ScoreConfig:
         self.data.validate()
         if self.batch_pairs < 1:
             raise ValueError(f"--batch-pairs must be >= 1, got {self.batch_pairs}")
+        out = Path(self.output)
+        if out.is_dir():
+            raise ValueError(f"--output {out} is a folder; give a JSONL file path")
+        inputs = {Path(p).resolve() for p in self.data.data_path}
+        if out.exists() and not self.overwrite and out.resolve() not in inputs:
+            raise ValueError(f"--output {out} exists; choose a new file or pass --overwrite")

@@ -14,6 +14,8 @@ def read_metrics(path: str | Path) -> list[dict]:
     """Records of a --metrics-file. FileNotFoundError / ValueError name the file (missing, empty, or a
     line that is not JSON)."""
     p = Path(path)
+    if p.is_dir():
+        raise ValueError(f"{p} is a folder; give the --metrics-file JSONL of a run")
     if not p.is_file():
         raise FileNotFoundError(f"{p}: no such metrics file")
     out = []

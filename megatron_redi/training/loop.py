@@ -80,7 +80,7 @@ def _start(cfg: TrainConfig, model, optimizer, scheduler, say: Callable[[str], N
     if c.load:
         say(f"[megatron-redi] --load {c.load} holds no checkpoint yet: starting a new run")
     if c.pretrained_checkpoint:
-        ckpt.load_pretrained(c.pretrained_checkpoint, model)
+        ckpt.load_pretrained(c.pretrained_checkpoint, model, say)
         # the copied weights must reach the optimizer's fp32 master copies
         if hasattr(optimizer, "reload_model_params"):
             optimizer.reload_model_params()
@@ -144,7 +144,17 @@ def pretrain(cfg: TrainConfig, model_provider: Callable, forward_step_func: Call
         override_scheduler=cfg.checkpoint.override_opt_param_scheduler,
         use_checkpoint_scheduler=cfg.checkpoint.use_checkpoint_opt_param_scheduler)
     settings = run_settings(cfg, len(examples), total_iters)
-    state = _start(cfg, model, optimizer, scheduler, tqdm.write if log_rank else lambda _: None, settings)
+    say = tqdm.write if log_rank else lambda _: None
+    if cfg.data.seq_length > shape.max_position_embeddings:
+        say(f"[megatron-redi] warning: --seq-length {cfg.data.seq_length} exceeds max_position_embeddings "
+            f"{shape.max_position_embeddings} of {shape.source}: documents longer than that get positions the "
+            f"model was not built for (the paper raises it with --max-position-embeddings 32768)")
+    state = _start(cfg, model, optimizer, scheduler, say, settings)
+    if state.iteration >= total_iters:
+        say(f"[megatron-redi] the checkpoint is at iteration {state.iteration} of {total_iters}: nothing to do "
+            f"(raise --train-iters / --train-epochs, with --override-opt_param-scheduler, to train on)")
+    if log_rank and state.iteration == 0 and cfg.logging.metrics_file:
+        _set_aside_old_metrics(Path(cfg.logging.metrics_file), say)
 
     sampler = GlobalBatchSampler(len(examples), cfg.data.global_batch_size, ps.get_data_parallel_rank(), dp,
                                  cfg.training.seed)
@@ -197,6 +207,15 @@ def pretrain(cfg: TrainConfig, model_provider: Callable, forward_step_func: Call
     if save_lock:
         save_lock.close()
     return last
+
+
+def _set_aside_old_metrics(path: Path, say) -> None:
+    """A new run never appends to another run's metrics: an existing non-empty file is renamed aside
+    (a resumed run appends, as its iterations continue)."""
+    if path.is_file() and path.stat().st_size > 0:
+        old = path.with_name(f"{path.name}.{time.strftime('%Y%m%d-%H%M%S')}.old")
+        path.rename(old)
+        say(f"[megatron-redi] {path} held another run's metrics: kept as {old}")
 
 
 def _stop_if_not_finite(iteration: int, grad_norm, metrics: dict, dev) -> None:

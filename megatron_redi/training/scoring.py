@@ -57,7 +57,7 @@ def score_pairs(cfg: ScoreConfig) -> list | None:
                          f"--truncate-long-examples (training skips the same pairs and uses the others' scores)")
     model = build_ddp_model(partial(model_provider, cfg.model, cfg.parallel, cfg.seed), cfg.parallel)
     if cfg.pretrained_checkpoint:
-        load_pretrained(cfg.pretrained_checkpoint, model)
+        load_pretrained(cfg.pretrained_checkpoint, model, print if is_logging_rank() else lambda _: None)
     model.eval()
     p = cfg.parallel
     multiple = pad_multiple(p.tensor_model_parallel_size, p.context_parallel_size, p.sequence_parallel)

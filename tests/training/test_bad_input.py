@@ -122,3 +122,43 @@ def test_empty_data_file_is_named(tmp_path):
     args = BASE.copy()
     args[5] = str(empty)
     _fails(tmp_path, args, 2, f"--data-path {empty}: no example is left to train on (the files hold no rows)")
+
+
+@pytest.mark.parametrize("make,extra,match", [
+    (lambda d: (d / "f").write_text("x"), ["--load", "{d}/f"], "is a file, not a training --save folder"),
+    (lambda d: (d / "hf").mkdir() or (d / "hf" / "config.json").write_text("{}"), ["--load", "{d}/hf"],
+     r"holds a model \(converted or HF\), not a training checkpoint: start from it with --pretrained-checkpoint"),
+    (lambda d: (d / "f").write_text("x"), ["--save", "{d}/f"], "is a file; give a folder"),
+    (lambda d: None, ["--metrics-file", "{d}"], "is a folder; give a file path"),
+    (lambda d: None, ["--train-iters", "0"], "--train-iters must be >= 1"),
+    (lambda d: None, ["--save", "{d}/s", "--save-interval", "0"], "--save-interval must be >= 1"),
+])
+def test_paths_and_counts_that_cannot_be_meant(tmp_path, make, extra, match):
+    """What a typo produces is refused before any work, naming the flag (the probe found each one running
+    silently or ending in a traceback)."""
+    make(tmp_path)
+    with pytest.raises(ValueError, match=match):
+        parse_args(BASE + [x.format(d=tmp_path) for x in extra])
+
+
+def test_scorer_never_overwrites_a_file_unasked(tmp_path):
+    from megatron_redi.training.arguments import parse_score_args
+
+    out = tmp_path / "ref.jsonl"
+    out.write_text("a user's file\n")
+    base = ["--model-config", str(TINY), "--tokenizer-model", str(TINY), "--data-path", str(SAMPLE / "pairs.jsonl"),
+            "--output", str(out)]
+    with pytest.raises(ValueError, match="exists; choose a new file or pass --overwrite"):
+        parse_score_args(base)
+    assert parse_score_args([*base, "--overwrite"]).overwrite
+
+
+def test_run_settings_check_names_unknown_overrides(tmp_path):
+    from megatron_redi.training.checkpoint import check_run_settings
+
+    now = {"seed": 1, "lr": 1e-3}
+    with pytest.raises(ValueError, match="unknown setting.*sed; the names are: lr seed"):
+        check_run_settings(tmp_path, {"seed": 1, "lr": 1e-3}, now, {"sed"}, False, print)
+    with pytest.raises(ValueError, match="seed: checkpoint 2, now 1"):
+        check_run_settings(tmp_path, {"seed": 2, "lr": 1e-3}, now, set(), False, print)
+    check_run_settings(tmp_path, {"seed": 2, "lr": 1e-3}, now, {"seed"}, False, print)  # named: accepted

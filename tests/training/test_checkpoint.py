@@ -174,3 +174,39 @@ def test_bf16_training_checkpoint_exports_its_weights(tmp_path, data, megatron_w
             assert torch.equal(exported[hf_name], t), hf_name
             checked.add(hf_name)
     assert checked == set(exported) - {"lm_head.weight"}
+
+
+def test_a_checkpoint_of_another_shape_is_named_not_a_traceback(megatron_world, tmp_path):
+    """--load / --pretrained-checkpoint of a checkpoint saved from a smaller model: one ValueError that
+    says it does not fit and where its config is, instead of dist_checkpointing's exception."""
+    import json
+
+    import pytest
+
+    from megatron_redi.model.config import ModelBuildConfig, Qwen2Shape
+    from megatron_redi.model.provider import build_model
+    from megatron_redi.platform.distributed import ParallelConfig
+    from megatron_redi.training import checkpoint as ck
+    from megatron_redi.training.config import CheckpointArgs, ModelArgs, OptimizerArgs
+    from megatron_redi.training.optimizer import build_optimizer
+    from megatron_redi.training.setup import build_ddp_model
+
+    small_cfg = {**json.loads((TINY / "config.json").read_text()), "hidden_size": 32, "num_hidden_layers": 2}
+    (tmp_path / "small").mkdir()
+    (tmp_path / "small" / "config.json").write_text(json.dumps(small_cfg))
+    parallel = ParallelConfig()
+
+    def built(shape):
+        model = build_ddp_model(lambda pre_process, post_process: build_model(shape, ModelBuildConfig()), parallel)
+        return (model, *build_optimizer(OptimizerArgs(), [model], 10))
+
+    small = built(Qwen2Shape.from_hf(small_cfg))
+    save = tmp_path / "ck"
+    ck.write_hf_side_files(save, ModelArgs(model_config=str(tmp_path / "small"), tokenizer_model=str(TINY)))
+    ck.save_training_checkpoint(CheckpointArgs(save=str(save)), *small, ck.TrainState(1, 4), parallel, {})
+    model, opt, sched = built(Qwen2Shape.from_hf(TINY))
+    with pytest.raises(ValueError, match=f"--load {save / 'iter_0000001'} does not fit this model .*"
+                                         f"saved for the model in {save / 'hf_config.json'}"):
+        ck.load_training_checkpoint(save, model, opt, sched, parallel)
+    with pytest.raises(ValueError, match="--pretrained-checkpoint .* does not fit this model"):
+        ck.load_pretrained(save, model)

@@ -99,6 +99,10 @@ def test_a_truncated_latest_checkpoint_falls_back_naming_the_file(tmp_path, data
     assert all(f"saved iteration {i} to {ck / f'iter_{i:07d}'}" in p.stdout for i in (2, 4, 6)), p.stdout[-2000:]
     victim = ck / "iter_0000006" / "__0_0.distcp"
     victim.write_bytes(victim.read_bytes()[: victim.stat().st_size // 2])
+    # the converter and the scorer read --save folders the same way: the unreadable one named, 4 used
+    p = torchrun(ROOT / "tools" / "convert_checkpoint.py", ["mcore-to-hf", "--load", str(ck), "--output",
+                                                            str(tmp_path / "hf"), "--no-progress"], nproc=1)
+    assert f"skipping an unreadable checkpoint: {victim}: truncated" in p.stderr, p.stderr[-2000:]
     p = torchrun(ROOT / "pretrain_redi.py", _args(data, "--metrics-file", str(tmp_path / "resumed.jsonl"), "--load",
                                                   str(ck)), nproc=2)
     assert f"skipping an unreadable checkpoint: {victim}: truncated" in p.stdout, p.stdout[-3000:]
@@ -151,8 +155,8 @@ def test_resume_refuses_changed_run_settings_unless_named(tmp_path, data):
                  "num_examples: checkpoint 32, now 33", "data_sha: checkpoint"):
         assert part in p.stderr, (part, p.stderr[-3000:])
     assert "--override-checkpoint-settings data_sha global_batch_size lr num_examples seed" in p.stderr
-    ok = [*changed, "--override-checkpoint-settings", "seed", "global_batch_size", "data_sha", "num_examples",
-          "--override-opt_param-scheduler"]
+    # naming a schedule setting (lr) lets the new schedule win, as Megatron's --override-opt_param-scheduler
+    ok = [*changed, "--override-checkpoint-settings", "seed", "global_batch_size", "data_sha", "num_examples", "lr"]
     p = torchrun(ROOT / "pretrain_redi.py", _args(more, *ok), nproc=2)
     assert "resuming with changed settings, as asked" in p.stdout and "at iteration 3" in p.stdout
 
