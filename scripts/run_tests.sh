@@ -7,4 +7,4 @@ VENV="${REDI_VENV:-$ROOT/.venv}"
 cd "$ROOT"
 export HF_DATASETS_OFFLINE=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 "$VENV/bin/ruff" check .
-"$VENV/bin/python" -m pytest -q -n 2 --dist loadfile "$@"
+"$VENV/bin/python" -m pytest -q -rs -n 2 --dist loadfile "$@"
