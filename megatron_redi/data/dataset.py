@@ -83,18 +83,22 @@ def code_hash() -> str:
     return h.hexdigest()
 
 
-def cache_key(cfg: DataConfig) -> str:
-    """Content of every data file, the tokenizer files (template included), all tokenisation settings and
-    the tokenisation code."""
-    h = hashlib.blake2b(digest_size=16)
-    h.update(repr((CACHE_FORMAT, code_hash(), cfg.paired, cfg.need_reference,
-                   sorted(asdict(cfg.tokenize).items()))).encode())
+def fingerprints(cfg: DataConfig) -> dict[str, str]:
+    """`data_sha` (every data file's bytes) and `tokenizer_sha` (its defining files): read once per start,
+    used by the cache key and recorded in the dataset's stats (checkpoints compare them on --load)."""
     for p in cfg.data_path:
         if not Path(p).exists():
             raise FileNotFoundError(f"--data-path: {p} does not exist")
-        _hash_path(h, Path(p))
-    for f in _tokenizer_files(cfg.tokenizer_model):
-        _hash_path(h, f)
+    return {"data_sha": content_fingerprint(cfg.data_path), "tokenizer_sha": tokenizer_fingerprint(cfg.tokenizer_model)}
+
+
+def cache_key(cfg: DataConfig, prints: dict[str, str] | None = None) -> str:
+    """Content of every data file, the tokenizer files (template included), all tokenisation settings and
+    the tokenisation code. `prints`: `fingerprints(cfg)` when already computed."""
+    prints = prints or fingerprints(cfg)
+    h = hashlib.blake2b(digest_size=16)
+    h.update(repr((CACHE_FORMAT, code_hash(), cfg.paired, cfg.need_reference,
+                   sorted(asdict(cfg.tokenize).items()), prints["data_sha"], prints["tokenizer_sha"])).encode())
     return h.hexdigest()
 
 
@@ -305,7 +309,8 @@ def build_dataset(cfg: DataConfig, progress: bool = True) -> TokenizedDataset:
     if not cfg.data_path:
         raise ValueError("--data-path: give at least one JSONL/Parquet file or save_to_disk folder")
     load_tokenizer(cfg.tokenizer_model)  # validates folder, template and EOS on every rank
-    target = Path(cfg.cache_dir or default_cache_dir()) / cache_key(cfg)
+    prints = fingerprints(cfg)
+    target = Path(cfg.cache_dir or default_cache_dir()) / cache_key(cfg, prints)
     import torch.distributed as dist
 
     distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
@@ -327,6 +332,7 @@ def build_dataset(cfg: DataConfig, progress: bool = True) -> TokenizedDataset:
     ds = TokenizedDataset(target)
     ds.stats["cache"] = "hit" if hit else "built"
     ds.stats["cache_path"] = str(target)
+    ds.stats.update(prints)
     warnings = skip_warnings(ds.stats, cfg.tokenize.seq_length)
     if not distributed or dist.get_rank() == 0:
         for w in warnings:

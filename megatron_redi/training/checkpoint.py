@@ -202,6 +202,23 @@ def save_training_checkpoint(ckpt: CheckpointArgs, model, optimizer, scheduler, 
     return final
 
 
+def _cause(error: BaseException, markers: tuple[str, ...], last: bool = False) -> str:
+    """The telling line of a (dist) checkpoint error: of the first failing rank's exception when torch DCP
+    wrapped it (CheckpointException.failures: rank -> exception), the first (or `last`) line holding one
+    of `markers`, else its first line."""
+    failures = list(getattr(error, "failures", {}).values())
+    lines = [ln.strip() for ln in str(failures[0] if failures else error).strip().splitlines() if ln.strip()]
+    hits = [ln for ln in lines if any(m in ln for m in markers)]
+    return (hits[-1] if last else hits[0]) if hits else (lines[0] if lines else type(error).__name__)
+
+
+def _from_rank0(compute):
+    """`compute()` on rank 0, broadcast to every rank (so all ranks act on one decision)."""
+    box = [compute() if dist.get_rank() == 0 else None]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def _save_failed(root: Path, tmp: Path, iteration: int, error: Exception) -> RuntimeError:
     """One message for a failed save (disk full, quota, file-size limit...): the folder, the free space
     and what the previous checkpoint took; the partial folder is removed, the previous one is intact."""
@@ -211,12 +228,9 @@ def _save_failed(root: Path, tmp: Path, iteration: int, error: Exception) -> Run
     took = sum(f.stat().st_size for f in prev.rglob("*") if f.is_file()) if prev else None
     free = shutil.disk_usage(root).free
     gib = lambda b: f"{b / 2**30:.2f} GiB"  # noqa: E731
-    failures = list(getattr(error, "failures", {}).values())  # CheckpointException: rank -> exception
-    cause = str(failures[0] if failures else error).strip().splitlines()
-    short = next((line for line in cause if "No space" in line or "too large" in line or "Errno" in line),
-                 cause[0] if cause else type(error).__name__)
+    short = _cause(error, ("No space", "too large", "Errno"))[:300]
     return RuntimeError(
-        f"saving iteration {iteration} to {root} failed ({short.strip()[:300]}); {gib(free)} free there"
+        f"saving iteration {iteration} to {root} failed ({short}); {gib(free)} free there"
         + (f", the previous checkpoint took {gib(took)}" if took is not None else "")
         + (f". {prev} is intact and stays the latest" if prev else "")
         + ". Free space or point --save at a larger disk, then rerun with --load to resume")
@@ -225,11 +239,7 @@ def _save_failed(root: Path, tmp: Path, iteration: int, error: Exception) -> Run
 def newest_readable_checkpoint(root: str | Path) -> tuple[int | None, list[str]]:
     """(newest complete checkpoint that passes `unreadable_reason`, the reasons of newer ones skipped).
     Decided on rank 0 and broadcast, so every rank loads the same one."""
-    choice: list = [None, []]
-    if dist.get_rank() == 0:
-        choice = list(newest_readable_iteration(root))
-    dist.broadcast_object_list(choice, src=0)
-    return choice[0], choice[1]
+    return _from_rank0(lambda: newest_readable_iteration(root))
 
 
 def _load(sharded_state: dict, path: Path, flag: str) -> dict:
@@ -242,10 +252,7 @@ def _load(sharded_state: dict, path: Path, flag: str) -> dict:
     try:
         return dist_checkpointing.load(sharded_state, str(path))
     except (CheckpointingException, CheckpointException) as e:
-        failures = list(getattr(e, "failures", {}).values())  # CheckpointException: rank -> exception
-        lines = [ln for ln in str(failures[0] if failures else e).strip().splitlines() if ln.strip()]
-        first = next((ln.strip() for ln in reversed(lines) if "Error" in ln or "mismatch" in ln.lower()),
-                     lines[0] if lines else type(e).__name__)[:400]
+        first = _cause(e, ("Error", "mismatch", "Mismatch"), last=True)[:400]
         saved = next((str(p) for p in (path / HF_CONFIG, path.parent / HF_CONFIG) if p.is_file()), None)
         raise ValueError(f"{flag} {path} does not fit this model ({first})"
                          + (f"; it was saved for the model in {saved}" if saved else "")
@@ -321,19 +328,15 @@ def load_pretrained(path: str | Path, model, say=lambda _msg: None) -> None:
     p = Path(path)
     if not p.exists():
         raise FileNotFoundError(f"--pretrained-checkpoint: {p} does not exist")
-    choice: list = [None, []]
-    if dist.get_rank() == 0:
-        found, skipped = newest_readable_model_dir(p)
-        choice = [str(found) if found else None, skipped]
-    dist.broadcast_object_list(choice, src=0)
-    for reason in choice[1]:
+    found, skipped = _from_rank0(lambda: newest_readable_model_dir(p))
+    for reason in skipped:
         say(f"[megatron-redi] skipping an unreadable checkpoint: {reason}")
-    if choice[0] is None:
+    if found is None:
         raise FileNotFoundError(f"--pretrained-checkpoint: {p} holds no readable megatron dist checkpoint"
-                                + (f" ({'; '.join(choice[1])})" if choice[1] else
+                                + (f" ({'; '.join(skipped)})" if skipped else
                                    " (convert HF weights with tools/convert_checkpoint.py hf-to-mcore)"))
     bare = unwrap_model(model)
-    loaded = _load({"model": bare.sharded_state_dict()}, Path(choice[0]), "--pretrained-checkpoint")
+    loaded = _load({"model": bare.sharded_state_dict()}, found, "--pretrained-checkpoint")
     bare.load_state_dict(loaded["model"])
 
 

@@ -18,7 +18,6 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from megatron_redi.checkpointing.layout import has_checkpoint, iter_dir
-from megatron_redi.data.dataset import content_fingerprint, tokenizer_fingerprint
 from megatron_redi.data.sampler import GlobalBatchSampler
 from megatron_redi.model.vocab import check_vocab_fits
 from megatron_redi.objectives.objective import build_objective
@@ -42,14 +41,14 @@ def total_iterations(cfg: TrainConfig, num_examples: int) -> int:
     return max(1, math.ceil(cfg.training.train_epochs * num_examples / cfg.data.global_batch_size))
 
 
-def run_settings(cfg: TrainConfig, num_examples: int, total_iters: int) -> dict:
+def run_settings(cfg: TrainConfig, data_stats: dict, num_examples: int, total_iters: int) -> dict:
     """What defines a run, recorded in every checkpoint and checked on --load: the data (bytes and
     example count), the tokenizer, the objective, the global batch, the seed, the sequence rules, the
     optimizer and its schedule. Layout, micro-batch size and packing may change (the numbers don't)."""
     d, o = cfg.data, cfg.optimizer
     return {
-        "data_sha": content_fingerprint(d.data_path), "num_examples": num_examples,
-        "tokenizer_sha": tokenizer_fingerprint(cfg.model.tokenizer_model),
+        "data_sha": data_stats["data_sha"], "num_examples": num_examples,
+        "tokenizer_sha": data_stats["tokenizer_sha"],
         **{k: v for k, v in asdict(cfg.objective).items()},
         "global_batch_size": d.global_batch_size, "seed": cfg.training.seed, "seq_length": d.seq_length,
         "max_prompt_length": d.max_prompt_length, "system_prompt": d.system_prompt,
@@ -143,7 +142,7 @@ def pretrain(cfg: TrainConfig, model_provider: Callable, forward_step_func: Call
         use_distributed_optimizer=cfg.parallel.use_distributed_optimizer,
         override_scheduler=cfg.checkpoint.override_opt_param_scheduler,
         use_checkpoint_scheduler=cfg.checkpoint.use_checkpoint_opt_param_scheduler)
-    settings = run_settings(cfg, len(examples), total_iters)
+    settings = run_settings(cfg, data_stats, len(examples), total_iters)
     say = tqdm.write if log_rank else lambda _: None
     if cfg.data.seq_length > shape.max_position_embeddings:
         say(f"[megatron-redi] warning: --seq-length {cfg.data.seq_length} exceeds max_position_embeddings "

@@ -53,6 +53,28 @@ class ThreadedDist:
         self.barrier.wait()
         tensor.copy_(reduced)
 
+    def run(self, rank_fn) -> list:
+        """rank_fn(r) in one thread per TP rank; its results by rank. The first error of any rank is raised
+        here, after the barrier is broken so no other rank waits for it."""
+        results, errors = [None] * self.size, []
+
+        def thread(r):
+            try:
+                self.local.rank = r
+                results[r] = rank_fn(r)
+            except BaseException as e:  # noqa: BLE001 - handed to the main thread
+                errors.append(e)
+                self.barrier.abort()
+
+        threads = [threading.Thread(target=thread, args=(r,)) for r in range(self.size)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        if errors:
+            raise errors[0]
+        return results
+
 
 # the kernel computes logits in fp32 whatever the input dtype
 close = functools.partial(torch.testing.assert_close, rtol=1e-5, atol=1e-5)
@@ -87,28 +109,16 @@ def test_vocab_parallel_shards_match_the_full_vocabulary(monkeypatch, tp, mode):
     want, want_h, want_w = _reference(hidden, weight, labels, true_v, grad)
     fake = ThreadedDist(tp)
     monkeypatch.setattr(lp, "dist", fake)
-    outs, grads, errors = [None] * tp, [None] * tp, []
 
     def rank(r):
-        try:
-            fake.local.rank = r
-            h = hidden.clone().requires_grad_()
-            w = weight[r * shard:(r + 1) * shard].clone().requires_grad_()
-            tw = grad / 3 if mode == "fused" else None
-            out = lp._ChunkedLogprob.apply(h, w, labels, 5, r * shard, true_v, fake.group, tw)
-            (out * grad).sum().backward()
-            outs[r], grads[r] = out.detach(), (h.grad, w.grad)
-        except BaseException as e:  # noqa: BLE001 - handed to the main thread
-            errors.append(e)
-            fake.barrier.abort()
+        h = hidden.clone().requires_grad_()
+        w = weight[r * shard:(r + 1) * shard].clone().requires_grad_()
+        tw = grad / 3 if mode == "fused" else None
+        out = lp._ChunkedLogprob.apply(h, w, labels, 5, r * shard, true_v, fake.group, tw)
+        (out * grad).sum().backward()
+        return out.detach(), (h.grad, w.grad)
 
-    threads = [threading.Thread(target=rank, args=(r,)) for r in range(tp)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
-    if errors:
-        raise errors[0]
+    outs, grads = zip(*fake.run(rank))
     for r in range(tp):
         close(outs[r].double(), want)
     # hidden gradients are partial over the vocabulary shards: their sum is the whole gradient
@@ -247,29 +257,17 @@ def test_vocab_parallel_logprobs_wires_the_tp_group_and_regions(monkeypatch, seq
     monkeypatch.setattr(lp, "dist", fake)
     monkeypatch.setattr(megatron.core, "parallel_state", FakeParallelState(fake))
     monkeypatch.setattr(megatron.core, "tensor_parallel", regions)
-    outs, grads, errors = [None] * tp, [None] * tp, []
 
     def rank(r):
-        try:
-            fake.local.rank = r
-            rows = slice(r * s // tp, (r + 1) * s // tp) if sequence_parallel else slice(None)
-            hid = hidden[rows].clone()[:, None, :].requires_grad_()  # [s(/tp), b=1, h]
-            w = weight[r * shard:(r + 1) * shard].clone().requires_grad_()
-            out = lp.vocab_parallel_logprobs(hid, w, labels[:, None], true_vocab_size=true_v, chunk_size=5,
-                                             sequence_parallel=sequence_parallel)
-            (out[:, 0] * grad).sum().backward()
-            outs[r], grads[r] = out.detach()[:, 0], (hid.grad[:, 0], w.grad)
-        except BaseException as e:  # noqa: BLE001 - handed to the main thread
-            errors.append(e)
-            fake.barrier.abort()
+        rows = slice(r * s // tp, (r + 1) * s // tp) if sequence_parallel else slice(None)
+        hid = hidden[rows].clone()[:, None, :].requires_grad_()  # [s(/tp), b=1, h]
+        w = weight[r * shard:(r + 1) * shard].clone().requires_grad_()
+        out = lp.vocab_parallel_logprobs(hid, w, labels[:, None], true_vocab_size=true_v, chunk_size=5,
+                                         sequence_parallel=sequence_parallel)
+        (out[:, 0] * grad).sum().backward()
+        return out.detach()[:, 0], (hid.grad[:, 0], w.grad)
 
-    threads = [threading.Thread(target=rank, args=(r,)) for r in range(tp)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
-    if errors:
-        raise errors[0]
+    outs, grads = zip(*fake.run(rank))
     for r in range(tp):
         close(outs[r].double(), want)
     close(torch.cat([gw for _, gw in grads]), want_w)
