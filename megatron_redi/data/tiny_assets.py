@@ -43,13 +43,27 @@ def _corpus() -> list[str]:
     return texts
 
 
-def build_tiny_tokenizer(out_dir: str | Path, vocab_size: int = 384) -> None:
-    """Train a deterministic byte-level BPE and save it with Qwen's special tokens and chat template."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+def build_tiny_tokenizer(
+    out_dir: str | Path, vocab_size: int = 384, corpus: list[str] | None = None, qwen_pretokenizer: bool = False
+) -> None:
+    """Train a deterministic byte-level BPE and save it with Qwen's special tokens and chat template.
+
+    `corpus` defaults to the bundled synthetic traces. `qwen_pretokenizer` splits text with Qwen2's own
+    pattern first (every digit its own token, as in Qwen2.5), which arithmetic tasks need.
+    """
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
+    from megatron_redi.data.qwen_tokenizer import QWEN2_PATTERN
+
     tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    if qwen_pretokenizer:
+        tok.pre_tokenizer = pre_tokenizers.Sequence([
+            pre_tokenizers.Split(Regex(QWEN2_PATTERN), behavior="isolated", invert=False),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=False, use_regex=False),
+        ])
+    else:
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
@@ -57,7 +71,7 @@ def build_tiny_tokenizer(out_dir: str | Path, vocab_size: int = 384) -> None:
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tok.train_from_iterator(_corpus(), trainer=trainer)
+    tok.train_from_iterator(corpus if corpus is not None else _corpus(), trainer=trainer)
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok,
         eos_token="<|endoftext|>",
@@ -68,13 +82,20 @@ def build_tiny_tokenizer(out_dir: str | Path, vocab_size: int = 384) -> None:
     fast.save_pretrained(str(out_dir))
 
 
-def build_tiny_model_dir(out_dir: str | Path, **config_overrides) -> Path:
-    """Write tokenizer files and a Qwen2 `config.json` whose vocab matches the tokenizer."""
+def build_tiny_model_dir(
+    out_dir: str | Path,
+    corpus: list[str] | None = None,
+    vocab_size: int = 384,
+    qwen_pretokenizer: bool = False,
+    **config_overrides,
+) -> Path:
+    """Write tokenizer files (see :func:`build_tiny_tokenizer`) and a Qwen2 `config.json` whose vocab
+    matches the tokenizer; `config_overrides` replace fields of :data:`TINY_QWEN2_CONFIG`."""
     from transformers import AutoTokenizer
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    build_tiny_tokenizer(out)
+    build_tiny_tokenizer(out, vocab_size=vocab_size, corpus=corpus, qwen_pretokenizer=qwen_pretokenizer)
     tok = AutoTokenizer.from_pretrained(str(out))
     cfg = dict(TINY_QWEN2_CONFIG)
     cfg["vocab_size"] = len(tok)

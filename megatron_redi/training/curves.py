@@ -48,17 +48,22 @@ def table(records: list[dict], keys: tuple[str, ...] = ("loss", "chosen_logp", "
     return "\n".join(lines)
 
 
-def plot(runs: dict[str, list[dict]], out: str | Path, stages: bool = False) -> Path:
+def plot(runs: dict[str, list[dict]], out: str | Path, stages: bool = False,
+         evals: dict[str, tuple[float, float]] | None = None) -> Path:
     """One PNG. Overlay (default): runs compared on one iteration axis. `stages`: the runs are
     consecutive stages (e.g. SFT then REDI) on ONE time axis, each starting where the previous ended,
     with the boundary marked, and each stage's loss on its own y scale (losses of different objectives
-    are not comparable numbers)."""
+    are not comparable numbers). `evals` (with `stages`): {run name: (pass@1 %, SEM %)} measured at the
+    end of that stage, drawn as a fourth panel on the same time axis."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 3, figsize=(16, 4.2), sharex=stages)
+    if evals and not stages:
+        raise ValueError("evals are drawn at stage ends: pass stages=True")
+    panels = 4 if evals else 3
+    fig, axes = plt.subplots(1, panels, figsize=(5.4 * panels, 4.2), sharex=stages)
     offset, colors = 0, plt.rcParams["axes.prop_cycle"].by_key()["color"]
     loss_ax = axes[0]
     for k, (name, recs) in enumerate(runs.items()):
@@ -81,10 +86,17 @@ def plot(runs: dict[str, list[dict]], out: str | Path, stages: bool = False) -> 
                     ax_.axvline(offset, color="grey", ls=":", lw=1)
                 ax_.text(offset, 0.98, f" {name}", transform=ax_.get_xaxis_transform(), va="top", fontsize=8,
                          clip_on=True)
+            if evals and name in evals:
+                value, sem = evals[name]
+                axes[3].errorbar([it[-1]], [value], yerr=[sem], fmt="o", color=color, capsize=4)
+                axes[3].annotate(f"{value:.1f} ± {sem:.1f}", (it[-1], value), textcoords="offset points",
+                                 xytext=(-8, 8), ha="right", fontsize=8, color=color)
             offset = it[-1]
     axes[2].set_yscale("log")
     titles = ("loss" + (" (each stage on its own scale)" if stages else ""), "mean per-token log-prob",
-              "grad norm (log scale)")
+              "grad norm (log scale)", "held-out pass@1 (%) ± SEM, at each stage's end")
+    if evals:
+        axes[3].set_ylim(0, 100)
     for ax, title in zip(axes, titles):
         ax.set_title(title)
         ax.set_xlabel("iteration" + (" (stages one after the other)" if stages else ""))

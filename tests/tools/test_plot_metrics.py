@@ -62,3 +62,32 @@ def test_missing_and_empty_inputs_name_the_file(tmp_path):
     empty.write_text("")
     p = _run(empty, "--output", tmp_path / "x.png")
     assert p.returncode == 2 and f"{empty}: no records" in p.stderr and not (tmp_path / "x.png").exists()
+
+
+def test_pass_at_1_drawn_at_each_stage_end(tmp_path):
+    import matplotlib.pyplot as plt
+    import pytest
+
+    from megatron_redi.training.curves import plot
+
+    sft = [{"iteration": i, "loss": 1.0 / i, "grad_norm": 1.0} for i in range(1, 7)]
+    redi = [{"iteration": i, "loss": -0.1 * i, "grad_norm": 0.5, "chosen_logp": -0.1, "rejected_logp": -0.2}
+            for i in range(1, 5)]
+    captured, real = {}, plt.Figure.savefig
+
+    def keep(fig, *a, **k):
+        captured["axes"] = fig.axes
+        return real(fig, *a, **k)
+
+    plt.Figure.savefig = keep
+    try:
+        plot({"sft": sft, "redi": redi}, tmp_path / "c.png", stages=True,
+             evals={"sft": (27.5, 1.0), "redi": (31.0, 2.0)})
+    finally:
+        plt.Figure.savefig = real
+    panel = next(ax for ax in captured["axes"] if "pass@1" in ax.get_title())
+    points = sorted((float(x), float(y)) for line in panel.get_lines() if line.get_marker() == "o"
+                    for x, y in zip(line.get_xdata(), line.get_ydata()))
+    assert points == [(6.0, 27.5), (10.0, 31.0)]  # SFT's end, then REDI's end on the shared time axis
+    with pytest.raises(ValueError, match="stages"):
+        plot({"sft": sft}, tmp_path / "d.png", evals={"sft": (1.0, 0.1)})
