@@ -274,8 +274,8 @@ class Pipeline:
                 continue
             dst.parent.mkdir(parents=True, exist_ok=True)
             (shutil.copytree if src.is_dir() else shutil.copy2)(src, dst)
-        for src in (other / "eval").glob("sft*"):
-            if not (self.out / "eval" / src.name).exists():
+        for src in [other / "eval" / "sft", *(other / "eval").glob("sft_seed*")]:  # SFT's own, no Stage 2 run
+            if src.exists() and not (self.out / "eval" / src.name).exists():
                 shutil.copytree(src, self.out / "eval" / src.name)
 
 
