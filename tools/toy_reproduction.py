@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from megatron_redi.toy.config import METHODS, ToyConfig  # noqa: E402
+from megatron_redi.toy.config import LAYOUTS, METHODS, ToyConfig  # noqa: E402
 from megatron_redi.toy.pipeline import Pipeline, StepFailed  # noqa: E402
 from megatron_redi.toy.report import error_table, markdown_table, plot_results, summarize  # noqa: E402
 
@@ -41,6 +41,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seeds", type=_ints, default=None, help="Stage 2 / sampling seeds (default 1,2,3)")
     p.add_argument("--methods", default=None,
                    help=f"comma-separated Stage 2 methods (default: all of {','.join(METHODS)})")
+    p.add_argument("--layout", choices=sorted(LAYOUTS), default="dp2",
+                   help="how the 2 processes of every training and scoring run split the work (default dp2)")
     p.add_argument("--stage2-lr", type=float, default=None, help="Stage 2 learning rate of every method "
                    f"(default {ToyConfig().stage2_lr:g})")
     p.add_argument("--reuse-sft", default=None, metavar="OTHER_OUTPUT",
@@ -75,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if a.seeds is not None:
             cfg = replace(cfg, seeds=a.seeds)
+        cfg = replace(cfg, parallel_flags=LAYOUTS[a.layout])
         if a.stage2_lr is not None:
             cfg = replace(cfg, stage2_lr=a.stage2_lr)
         if a.methods is not None:

@@ -46,6 +46,14 @@ METHODS = {
 }
 
 
+# Layouts of the 2 training processes (`--layout`); every layout gives one process's numbers (tests/training).
+LAYOUTS = {
+    "dp2": (),
+    "tp2": ("--tensor-model-parallel-size", "2"),
+    "pp2": ("--pipeline-model-parallel-size", "2"),
+}
+
+
 @dataclass(frozen=True)
 class ToyConfig:
     """Everything the toy reproduction runs with. ``quick()`` is the embedded default's short version."""

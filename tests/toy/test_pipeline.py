@@ -9,15 +9,17 @@ from dataclasses import replace
 
 import pytest
 
-from megatron_redi.toy.config import ToyConfig, ToyModel
+from megatron_redi.toy.config import LAYOUTS, ToyConfig, ToyModel
 from megatron_redi.toy.pipeline import Pipeline, StepFailed
 from tests.helpers_dist import ROOT
 
 pytestmark = pytest.mark.slow
 
+# Tensor-parallel here (the documented runs use the default, data parallel), so both layouts run end to end.
 MICRO = ToyConfig(model=ToyModel(hidden_size=64, intermediate_size=128, num_hidden_layers=2),
                   train_problems=48, heldout_problems=6, sft_epochs=1, stage2_iters=2, methods=("dpo", "redi"),
-                  seeds=(1,), collapse_lr_factor=2.0, eval_n=2, eval_max_tokens=48)
+                  seeds=(1,), collapse_lr_factor=2.0, eval_n=2, eval_max_tokens=48,
+                  parallel_flags=LAYOUTS["tp2"])
 
 
 def test_micro_pipeline_runs_every_step_and_resumes(tmp_path):
@@ -36,6 +38,8 @@ def test_micro_pipeline_runs_every_step_and_resumes(tmp_path):
     high = next(r for r in res["runs"] if r["method"] == "redi_sym_high_lr")
     assert high["lr"] == pytest.approx(MICRO.stage2_lr * 2.0)
     assert set(res["curves"]) == {"dpo_seed1", "redi_seed1", f"redi_sym_lr{MICRO.stage2_lr * 2:g}_seed1"}
+    log = (tmp_path / "logs/stage2_redi_seed1.log").read_text()
+    assert "TP2 x PP1 x CP1 x DP1" in log
 
     again = []
     assert Pipeline(MICRO, tmp_path, log=again.append).run()["runs"] == res["runs"]
