@@ -3,7 +3,7 @@
 column arithmetic -> dataset builder -> Stage 1 SFT -> Stage 2 with DPO, SimPO, symmetric REDI, REDI
 (and an alpha = 0 control) for several seeds -> HF export -> pass@1 on held-out problems.
 
-    python tools/toy_reproduction.py --output runs/toy            # the full table, about 30 min on 2 cores
+    python tools/toy_reproduction.py --output runs/toy            # the full table, about 27 min on 2 cores
     python tools/toy_reproduction.py --quick --output runs/quick  # SFT then REDI, before/after (README)
 
 Writes OUT/results.json, OUT/results.md and OUT/results.png (OUT/curves.png with --quick). An interrupted

@@ -63,6 +63,7 @@ class Pipeline:
         self.env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
                     "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "PYTHONWARNINGS": "ignore"}
         self.step_no = 0
+        self.steps_run = 0  # steps this invocation really ran (the rest were done before)
         self.t0 = time.monotonic()
 
     # -- plumbing ---------------------------------------------------------------------------------
@@ -78,6 +79,7 @@ class Pipeline:
         log_path = logs / f"{name}.log"
         start = time.monotonic()
         self.log(f"[{self.step_no:>2}] {name} ...")
+        self.steps_run += 1
         with open(log_path, "w") as f:
             f.write(" ".join(cmd) + "\n\n")
             f.flush()
@@ -236,8 +238,12 @@ class Pipeline:
             self.export(run)
             results.append(self._record(run, "redi_sym_high_lr", c.seeds[0], self.evaluate(run, c.seeds[0])))
             curves[run.name] = str(run.metrics)
+        elapsed = self._elapsed()
+        previous = self.out / "results.json"
+        if self.steps_run == 0 and previous.exists():  # nothing ran now: keep the time of the run that did
+            elapsed = json.loads(previous.read_text()).get("elapsed", elapsed)
         out = {"config": asdict(c), "runs": results, "sft_metrics": str(sft.metrics), "curves": curves,
-               "data_report": json.loads((built / "report.json").read_text()), "elapsed": self._elapsed()}
+               "data_report": json.loads((built / "report.json").read_text()), "elapsed": elapsed}
         (self.out / "results.json").write_text(json.dumps(out, indent=2) + "\n")
         return out
 

@@ -138,3 +138,16 @@ def _text(value) -> str:
 def _prompt_text(row) -> str:
     prompt = row["prompt"]
     return prompt if isinstance(prompt, str) else prompt[-1]["content"]
+
+
+def test_held_out_set_is_not_picked_by_digits():
+    """The split must not select problems by their ones digits (a rule like (a + b) % 5 would make every
+    held-out sum a multiple of 5): held-out and training sums spread alike over residues and ones digits."""
+    from collections import Counter
+
+    cfg = TeacherConfig(min_digits=2, max_digits=3, p_subtract=0.0)
+    for held in (True, False):
+        sums = [p.answer for p in iter_problems(2000, 11, cfg, held_out=held)]
+        for mod in (5, 10):
+            share = Counter(s % mod for s in sums)
+            assert len(share) == mod and max(share.values()) < 2.0 / mod * len(sums), (held, mod, share)
