@@ -86,12 +86,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     out = Path(a.output)
-    old = out / "config.json"
-    if old.exists() and json.loads(old.read_text()) != json.loads(json.dumps(_asdict(cfg))):
-        print(f"error: {out} holds a run with other settings ({old}); give a new --output", file=sys.stderr)
-        return 2
     start = time.monotonic()
     pipe = Pipeline(cfg, out)
+    try:
+        pipe.check_folder()
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     try:
         if a.reuse_sft:
             pipe.reuse_stage1(a.reuse_sft)
@@ -123,12 +124,6 @@ def main(argv: list[str] | None = None) -> int:
     print("\n" + text)
     print(f"\nresults: {out / 'results.md'}, {picture}  ({(time.monotonic() - start) / 60:.1f} min)")
     return 0
-
-
-def _asdict(cfg: ToyConfig) -> dict:
-    from dataclasses import asdict
-
-    return asdict(cfg)
 
 
 if __name__ == "__main__":

@@ -30,6 +30,11 @@ STAGE1_FIELDS = ("teacher", "model", "train_problems", "heldout_problems", "data
                  "eval_max_tokens", "seq_length", "nproc", "parallel_flags")
 
 
+def settings(cfg: ToyConfig) -> dict:
+    """`cfg` as it reads back from OUT/config.json (tuples become lists), for comparing runs."""
+    return json.loads(json.dumps(asdict(cfg)))
+
+
 class StepFailed(RuntimeError):
     """A pipeline step exited non-zero; the message names the step, its command and its log."""
 
@@ -68,11 +73,17 @@ class Pipeline:
 
     # -- plumbing ---------------------------------------------------------------------------------
 
+    def _skipped(self, name: str, *done: Path) -> bool:
+        """Count step `name`; True (and say so) when one of its `done` outputs exists already."""
+        self.step_no += 1
+        if any(p.exists() for p in done):
+            self.log(f"[{self.step_no:>2}] {name}: done before, skipped")
+            return True
+        return False
+
     def _run(self, name: str, cmd: list[str], done: Path, *also_done: Path) -> None:
         """Run `cmd` unless `done` (or any of `also_done`) exists; its output goes to logs/<name>.log."""
-        self.step_no += 1
-        if done.exists() or any(p.exists() for p in also_done):
-            self.log(f"[{self.step_no:>2}] {name}: done before, skipped")
+        if self._skipped(name, done, *also_done):
             return
         logs = self.out / "logs"
         logs.mkdir(parents=True, exist_ok=True)
@@ -102,9 +113,7 @@ class Pipeline:
     def teacher(self) -> None:
         """Teacher generations (raw.jsonl) and held-out problems (heldout.jsonl)."""
         data = self.out / "data"
-        self.step_no += 1
-        if (data / "heldout.jsonl").exists():
-            self.log(f"[{self.step_no:>2}] teacher: done before, skipped")
+        if self._skipped("teacher", data / "heldout.jsonl"):
             return
         self.log(f"[{self.step_no:>2}] teacher: {self.cfg.train_problems} training problems x "
                  f"{self.cfg.teacher.generations} generations, {self.cfg.heldout_problems} held-out problems")
@@ -117,9 +126,7 @@ class Pipeline:
         from megatron_redi.data.tiny_assets import build_tiny_model_dir
 
         path = self.out / "model"
-        self.step_no += 1
-        if (path / "config.json").exists():
-            self.log(f"[{self.step_no:>2}] student model: done before, skipped")
+        if self._skipped("student model", path / "config.json"):
             return path
         import random
 
@@ -211,11 +218,19 @@ class Pipeline:
 
     # -- the whole run ----------------------------------------------------------------------------
 
+    def check_folder(self) -> None:
+        """ValueError when `out` holds a run with other settings (its results would be mixed with ours)."""
+        old = self.out / "config.json"
+        if old.exists() and json.loads(old.read_text()) != settings(self.cfg):
+            raise ValueError(f"{self.out} holds a run with other settings ({old}); give a new --output")
+
     def run(self) -> dict:
-        """Every step; returns the results (also written to OUT/results.json)."""
+        """Every step; returns the results (also written to OUT/results.json). ValueError: see
+        :meth:`check_folder`."""
         c = self.cfg
+        self.check_folder()
         self.out.mkdir(parents=True, exist_ok=True)
-        (self.out / "config.json").write_text(json.dumps(asdict(c), indent=2) + "\n")
+        (self.out / "config.json").write_text(json.dumps(settings(c), indent=2) + "\n")
         self.teacher()
         model = self.model_dir()
         built = self.build_data(model)
@@ -269,7 +284,7 @@ class Pipeline:
         theirs = json.loads((other / "config.json").read_text()) if (other / "config.json").exists() else None
         if theirs is None or not (other / "checkpoints/sft/latest_checkpointed_iteration.txt").exists():
             raise ValueError(f"--reuse-sft {other}: no finished toy run with an SFT checkpoint there")
-        mine = json.loads(json.dumps(asdict(self.cfg)))
+        mine = settings(self.cfg)
         differ = [k for k in STAGE1_FIELDS if theirs.get(k) != mine[k]]
         if differ:
             raise ValueError(f"--reuse-sft {other}: Stage 1 or evaluation settings differ ({', '.join(differ)})")

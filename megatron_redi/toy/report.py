@@ -18,6 +18,11 @@ LABELS = {"sft": "SFT (Stage 1)", "redi_sym_high_lr": "symmetric REDI, {factor:g
 ORDER = ["sft", "dpo", "simpo", "redi_sym", "redi", "sft_more", "redi_sym_high_lr"]
 
 
+def _in_order(methods) -> list[str]:
+    """`methods` in the paper's table order; unknown names last."""
+    return sorted(methods, key=lambda m: ORDER.index(m) if m in ORDER else len(ORDER))
+
+
 def mean_sem(values: list[float]) -> tuple[float, float]:
     """Mean and standard error of the mean (sample std, ddof = 1, over sqrt(len)); SEM is nan for one value."""
     n = len(values)
@@ -38,7 +43,7 @@ def summarize(runs: list[dict]) -> list[dict]:
         by_method.setdefault(r["method"], {})[r["seed"]] = r["pass@1"]
     sft = by_method.get("sft", {})
     rows = []
-    for method in sorted(by_method, key=lambda m: ORDER.index(m) if m in ORDER else len(ORDER)):
+    for method in _in_order(by_method):
         seeds = by_method[method]
         mean, sem = mean_sem(list(seeds.values()))
         row = {"method": method, "seeds": sorted(seeds), "per_seed": [seeds[s] for s in sorted(seeds)],
@@ -76,7 +81,7 @@ def error_table(runs: list[dict], collapse_factor: float = 3.0) -> str:
     kinds = [k for k in KINDS if any(k in c for c in pooled.values())]
     lines = ["| method | " + " | ".join(k.replace("_", " ") for k in kinds) + " |",
              "|---|" + "---|" * len(kinds)]
-    for method in sorted(pooled, key=lambda m: ORDER.index(m) if m in ORDER else len(ORDER)):
+    for method in _in_order(pooled):
         counts, total = pooled[method], sum(pooled[method].values())
         label = LABELS.get(method, method).format(factor=collapse_factor)
         lines.append(f"| {label} | " + " | ".join(f"{100 * counts.get(k, 0) / total:.1f}" for k in kinds) + " |")
